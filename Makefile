@@ -1,0 +1,39 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   generate, prepare, inspect and verify the embedded synthetic dataset
+#   make test   the whole test suite (formatting, lints, unit and integration tests)
+SHELL := bash
+CARGO ?= cargo
+ORT_VERSION := 1.31.1
+ORT_LIB := .cache/onnxruntime/$(ORT_VERSION)/libonnxruntime.so
+VGG := target/release/vgg
+
+.PHONY: all setup build demo test lint bench clean-demo
+
+all: build
+
+# ONNX Runtime from the pinned PyPI wheel (sha256-checked) into the git-ignored .cache/.
+setup: $(ORT_LIB)
+$(ORT_LIB): scripts/fetch-onnxruntime.sh
+	bash scripts/fetch-onnxruntime.sh
+
+build: setup
+	$(CARGO) build --release --locked
+
+demo: build
+	$(VGG) prepare synthetic-shapes
+	$(VGG) inspect synthetic-shapes
+	$(VGG) verify synthetic-shapes
+	$(VGG) runtime
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+test: setup lint
+	$(CARGO) test --locked
+
+bench: setup
+	$(CARGO) bench --locked --bench prepare
+
+clean-demo:
+	rm -rf data/synthetic-shapes shards/synthetic-shapes

@@ -1,0 +1,502 @@
+//! The `vgg` command: a thin front over the library. It parses arguments, resolves the dataset
+//! registry, draws progress bars, prints tables or JSON, and decides exit codes; all the work is
+//! in the library.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use vgg::prepare::{self, Part, PrepareOptions, Progress};
+use vgg::registry::{self, Registry, SourceKind};
+use vgg::source::{synthetic, Split};
+use vgg::store;
+
+#[derive(Parser)]
+#[command(
+    name = "vgg",
+    version,
+    about = "Reproduce and train the VGG networks (Simonyan & Zisserman, ICLR 2015)",
+    long_about = "Reproduce and train the VGG networks (Simonyan & Zisserman, ICLR 2015).\n\n\
+        Data flow: datasets.toml -> `vgg prepare` -> shards + manifest -> `vgg inspect` / `vgg verify`.\n\
+        Datasets are declared by name in datasets.toml (see --datasets); the embedded default is\n\
+        `synthetic-shapes`, a generated stand-in for ImageNet that needs no download.",
+    after_help = "Examples:\n  vgg prepare synthetic-shapes\n  vgg prepare imagenet --split train --part 3/16 --threads 8\n  vgg prepare imagenet --split train --merge\n  vgg inspect shards/synthetic-shapes --json\n  vgg verify shards/imagenet/val"
+)]
+struct Cli {
+    /// Dataset registry file.
+    #[arg(long, global = true, default_value = registry::DEFAULT_PATH, value_name = "FILE")]
+    datasets: PathBuf,
+    /// More log output (-v: info, -vv: debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// No progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SplitArg {
+    Train,
+    Val,
+    All,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Store a dataset's images into memory-mapped shards with a manifest.
+    ///
+    /// Decode-checks every file, converts grayscale/CMYK/PNG to RGB, downscales images whose
+    /// shortest side exceeds the store cap, keeps source JPEG bytes untouched when they are
+    /// already within it, and writes shards of about `shard_size` bytes. Files that cannot be
+    /// used (truncated, corrupt, empty, not images, decompression bombs) are skipped and listed
+    /// in skipped.tsv beside the manifest. Re-running after an interruption keeps finished
+    /// shards and redoes the rest.
+    #[command(
+        after_help = "Splitting over machines: run `--part I/N` for I = 0..N-1 (e.g. a Slurm array or an\nindexed Kubernetes job) into the same shard directory, then once `--merge`. The merged result\nis byte-identical to a single-machine run."
+    )]
+    Prepare {
+        /// Dataset name from the registry.
+        dataset: String,
+        #[arg(long, value_enum, default_value = "all")]
+        split: SplitArg,
+        /// Prepare only part I of N (0-based), a deterministic disjoint slice of the shards.
+        #[arg(long, value_name = "I/N")]
+        part: Option<Part>,
+        /// Worker threads (default: all cores).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Only assemble the manifest from the shards the parts wrote.
+        #[arg(long, conflicts_with = "part")]
+        merge: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate a synthetic dataset's image files (done by `prepare` when missing).
+    Generate {
+        /// Dataset name (its source must be "synthetic").
+        dataset: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what a prepared dataset holds: counts per class, sizes, encodings, shards.
+    ///
+    /// JSON keys: records, classes, shards, bytes, skipped, splits[...].
+    Inspect {
+        /// A shard directory (a split's, or a dataset's with one folder per split), or a
+        /// dataset name from the registry.
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every checksum and that every record decodes; exits 1 naming shard and record.
+    Verify {
+        /// A shard directory or a dataset name.
+        target: String,
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the datasets of the registry.
+    Datasets {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the ONNX Runtime library in use: path, version, execution providers.
+    Runtime {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let _ = ctrlc::set_handler(|| {
+        if CANCEL.swap(true, Ordering::SeqCst) {
+            eprintln!("\ninterrupted twice: exiting now");
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing cleanly (press Ctrl-C again to exit at once)");
+    });
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Prepare {
+            dataset,
+            split,
+            part,
+            threads,
+            merge,
+            json,
+        } => {
+            let reg = Registry::load(&cli.datasets)?;
+            let spec = reg.get(dataset)?;
+            let opts = PrepareOptions {
+                splits: match split {
+                    SplitArg::Train => vec![Split::Train],
+                    SplitArg::Val => vec![Split::Val],
+                    SplitArg::All => vec![],
+                },
+                part: *part,
+                threads: *threads,
+                merge: *merge,
+            };
+            let bars = Bars::new(cli.quiet || *json);
+            let reports = prepare::prepare(spec, &opts, &bars, &CANCEL)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    print_prepare_report(r);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Generate { dataset, json } => {
+            let reg = Registry::load(&cli.datasets)?;
+            let spec = reg.get(dataset)?;
+            if spec.source != SourceKind::Synthetic {
+                bail!(
+                    "dataset `{dataset}` has source `{}`; only synthetic datasets are generated",
+                    spec.source
+                );
+            }
+            let s = spec.synthetic.clone().unwrap_or_default();
+            let summary = synthetic::generate(&s, &spec.root)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else if summary.reused {
+                println!(
+                    "{}: already generated ({} images)",
+                    summary.root.display(),
+                    summary.images
+                );
+            } else {
+                println!(
+                    "{}: generated {} images, {}",
+                    summary.root.display(),
+                    summary.images,
+                    human_bytes(summary.bytes)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Inspect { target, json } => {
+            let dir = resolve_target(cli, target)?;
+            let report = store::inspect(&dir)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_inspect(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify {
+            target,
+            threads,
+            json,
+        } => {
+            let dir = resolve_target(cli, target)?;
+            let bar = Bars::new(cli.quiet || *json);
+            let progress = |done: u64, total: u64| bar.set(done, total);
+            let report = store::verify(&dir, *threads, &progress)?;
+            bar.clear();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                for f in &report.failures {
+                    match (f.record, &f.key) {
+                        (Some(i), Some(k)) => {
+                            eprintln!("FAIL {} record {i} ({k}): {}", f.shard.display(), f.reason)
+                        }
+                        (Some(i), None) => {
+                            eprintln!("FAIL {} record {i}: {}", f.shard.display(), f.reason)
+                        }
+                        _ => eprintln!("FAIL {}: {}", f.shard.display(), f.reason),
+                    }
+                }
+                println!(
+                    "{}: {} shards, {} records, {}: {}",
+                    dir.display(),
+                    report.shards,
+                    report.records,
+                    human_bytes(report.bytes),
+                    if report.ok() {
+                        "all checksums match and every record decodes".to_string()
+                    } else {
+                        format!("{} problem(s)", report.failures.len())
+                    }
+                );
+            }
+            Ok(if report.ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Datasets { json } => {
+            let reg = Registry::load(&cli.datasets)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&reg.datasets)?);
+            } else {
+                for (name, d) in &reg.datasets {
+                    println!(
+                        "{name:<24} {:<10} root {}  shards {}",
+                        d.source.to_string(),
+                        d.root.display(),
+                        d.shards.display()
+                    );
+                    if let Some(desc) = &d.description {
+                        println!("{:<24} {desc}", "");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Runtime { json } => {
+            let info = vgg::runtime::info()?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                println!(
+                    "ONNX Runtime {} from {}",
+                    info.version,
+                    info.library.display()
+                );
+                println!("execution providers: {}", info.providers.join(", "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// A directory, or a dataset name whose shard directory is meant.
+fn resolve_target(cli: &Cli, target: &str) -> Result<PathBuf> {
+    let p = Path::new(target);
+    if p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    let reg = Registry::load(&cli.datasets)
+        .with_context(|| format!("`{target}` is not a directory, and the registry could not be read to look it up as a dataset"))?;
+    Ok(reg.get(target)?.shards.clone())
+}
+
+/// Progress bars for prepare and verify.
+struct Bars {
+    hidden: bool,
+    bar: Mutex<Option<ProgressBar>>,
+}
+
+impl Bars {
+    fn new(hidden: bool) -> Self {
+        Bars {
+            hidden: hidden || !std::io::stderr().is_terminal(),
+            bar: Mutex::new(None),
+        }
+    }
+
+    fn make(&self, prefix: String, total: u64, done: u64) {
+        if self.hidden {
+            return;
+        }
+        let bar = ProgressBar::new(total);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>6} [{bar:32.cyan/blue}] {pos}/{len} {per_sec:>12} ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(prefix);
+        bar.set_position(done);
+        bar.reset_eta();
+        *self.bar.lock().unwrap() = Some(bar);
+    }
+
+    fn set(&self, done: u64, total: u64) {
+        if self.hidden {
+            return;
+        }
+        let mut g = self.bar.lock().unwrap();
+        if g.is_none() {
+            drop(g);
+            self.make("verify".into(), total, 0);
+            g = self.bar.lock().unwrap();
+        }
+        if let Some(b) = g.as_ref() {
+            b.set_position(done);
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(b) = self.bar.lock().unwrap().take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&self, split: Split, total: u64, done: u64) {
+        self.make(split.to_string(), total, done);
+    }
+    fn advance(&self, n: u64) {
+        if let Some(b) = self.bar.lock().unwrap().as_ref() {
+            b.inc(n);
+        }
+    }
+    fn finish(&self, _split: Split) {
+        if let Some(b) = self.bar.lock().unwrap().take() {
+            b.finish();
+        }
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn print_prepare_report(r: &prepare::SplitReport) {
+    let part = r
+        .part
+        .map(|p| format!(" (part {}/{})", p.index, p.count))
+        .unwrap_or_default();
+    println!(
+        "{}{part}: {} shards planned, {} written, {} kept from an earlier run; {} source files processed at {:.1} images/s",
+        r.split, r.shards_planned, r.shards_written, r.shards_kept, r.processed, r.images_per_second
+    );
+    match &r.manifest {
+        Some(m) => {
+            println!(
+                "{}: {} records, {} skipped, {}; manifest {}",
+                r.split,
+                r.records,
+                r.skipped,
+                human_bytes(r.bytes),
+                m.display()
+            );
+            if r.skipped > 0 {
+                println!("{}: skipped files and reasons: {}", r.split, m.with_file_name(vgg::manifest::SKIPPED_FILE).display());
+            }
+        }
+        None => println!("{}: other parts still missing; when all parts are done run `vgg prepare DATASET --split {} --merge`", r.split, r.split),
+    }
+}
+
+fn print_inspect(report: &store::InspectReport) {
+    for s in &report.splits {
+        println!("{} / {}  ({})", s.dataset, s.split, s.dir.display());
+        println!(
+            "  records {}  skipped {}  shards {}  size {}  encodings {}",
+            s.records,
+            s.skipped,
+            s.shards.len(),
+            human_bytes(s.bytes),
+            s.encodings
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "  shortest side min/mean/max {}/{:.0}/{}  width {:.0} mean  height {:.0} mean  record {} mean",
+            s.shortest_side.min, s.shortest_side.mean, s.shortest_side.max, s.width.mean, s.height.mean, human_bytes(s.record_bytes.mean as u64)
+        );
+        let c = &s.conversions;
+        println!(
+            "  stored as-is {}  re-encoded {}  resized {}  from grayscale {}  from CMYK {}  from PNG {}",
+            c.passthrough, c.reencoded, c.resized, c.grayscale, c.cmyk, c.png
+        );
+        if !s.skipped_by_reason.is_empty() {
+            println!(
+                "  skipped by reason: {}",
+                s.skipped_by_reason
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        println!("  classes ({}):", s.classes.len());
+        let show = 20;
+        for c in s.classes.iter().take(show) {
+            println!(
+                "    {:>4}  {:<12} {:<28} {}",
+                c.index, c.wnid, c.name, c.records
+            );
+        }
+        if s.classes.len() > show {
+            let min = s.classes.iter().map(|c| c.records).min().unwrap_or(0);
+            let max = s.classes.iter().map(|c| c.records).max().unwrap_or(0);
+            println!(
+                "    ... {} more (records per class {min}..{max}; --json for all)",
+                s.classes.len() - show
+            );
+        }
+        println!("  shards:");
+        for sh in s.shards.iter().take(show) {
+            println!(
+                "    {:<24} {:>8} records  {:>10}",
+                sh.file,
+                sh.records,
+                human_bytes(sh.bytes)
+            );
+        }
+        if s.shards.len() > show {
+            println!("    ... {} more", s.shards.len() - show);
+        }
+    }
+    println!(
+        "total: {} records, {} classes, {} shards, {}, {} skipped",
+        report.records,
+        report.classes,
+        report.shards,
+        human_bytes(report.bytes),
+        report.skipped
+    );
+}

@@ -1,0 +1,633 @@
+//! `vgg prepare`: a dataset's source files into shards, in parallel, resumably, and splittable
+//! over machines.
+//!
+//! The plan is a pure function of the source listing and the store policy: shard `k` of a split
+//! always holds source positions `[k*R, (k+1)*R)` (R records per shard, fixed in the policy or
+//! derived from the target shard size and the mean source file size). That is what makes the
+//! three promises cheap to keep:
+//! - resume: a shard already on disk whose header carries this plan's hash is kept;
+//! - `--part I/N`: part I writes a contiguous block of shards, disjoint from the other parts;
+//! - merge: the manifest is assembled from the shard files themselves, so the parts' union is
+//!   byte-identical to a single-machine run.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::imaging::{self, DecodeError, SourceColor};
+use crate::manifest::{
+    self, Conversions, Manifest, ManifestClass, ManifestShard, SourceInfo, FORMAT, FORMAT_VERSION,
+};
+use crate::registry::{DatasetSpec, SourceKind, StorePolicy};
+use crate::shard::{self, Encoding, RecordFlags, ShardError, ShardReader, ShardWriter};
+use crate::source::{self, synthetic, Listing, Skipped, SourceError, SourceFile, Split};
+
+/// Records decoded in parallel before being appended in order.
+const CHUNK: usize = 128;
+
+/// Which part of the work this run does: part `index` of `count` (0-based).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Part {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::str::FromStr for Part {
+    type Err = String;
+    /// Parses "I/N" with 0 <= I < N.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("`{s}` is not I/N (e.g. 0/8)"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad part index in `{s}`"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad part count in `{s}`"))?;
+        if count == 0 || index >= count {
+            return Err(format!("part `{s}`: need 0 <= I < N"));
+        }
+        Ok(Part { index, count })
+    }
+}
+
+/// Options of one prepare run.
+#[derive(Debug, Clone, Default)]
+pub struct PrepareOptions {
+    /// Splits to prepare; empty means every split the source has.
+    pub splits: Vec<Split>,
+    pub part: Option<Part>,
+    /// Worker threads (default: all cores).
+    pub threads: Option<usize>,
+    /// Only assemble the manifest from shards the parts wrote.
+    pub merge: bool,
+}
+
+/// Progress reporting hooks, implemented by the binary's progress bar.
+pub trait Progress: Sync {
+    /// A split starts: `total` records to handle in this run, `done` of them already on disk.
+    fn start(&self, _split: Split, _total: u64, _done: u64) {}
+    /// `n` more source files handled.
+    fn advance(&self, _n: u64) {}
+    /// The split is done.
+    fn finish(&self, _split: Split) {}
+}
+
+/// No progress output.
+pub struct Silent;
+impl Progress for Silent {}
+
+/// The outcome for one split.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitReport {
+    pub split: Split,
+    pub part: Option<Part>,
+    pub shards_planned: usize,
+    pub shards_written: usize,
+    pub shards_kept: usize,
+    /// Source files handled by this run (not counting kept shards).
+    pub processed: u64,
+    pub records: u64,
+    pub skipped: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub images_per_second: f64,
+    /// Set when the split is complete and its manifest written.
+    pub manifest: Option<PathBuf>,
+}
+
+/// Why preparing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: reading source file failed: {source} (stopping rather than leaving it out)")]
+    SourceRead {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interrupted: {written} shard(s) of {split} finished and kept; re-run the same command to resume")]
+    Interrupted { split: Split, written: usize },
+    #[error("{split}: cannot merge, {missing} of {planned} shards are missing or from another plan (first: {first}); are parts still running?")]
+    Incomplete {
+        split: Split,
+        missing: usize,
+        planned: usize,
+        first: String,
+    },
+    #[error("no splits to prepare under {root} (expected train/ or val/)")]
+    NoSplits { root: PathBuf },
+    #[error("cannot start worker threads: {0}")]
+    Threads(String),
+}
+
+/// The deterministic plan of one split.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub dir: PathBuf,
+    pub records_per_shard: u32,
+    pub shards: Vec<ShardPlan>,
+}
+
+/// One planned shard.
+#[derive(Debug, Clone)]
+pub struct ShardPlan {
+    pub number: usize,
+    pub start: usize,
+    pub end: usize,
+    pub file: String,
+    pub hash: u64,
+}
+
+/// Per-shard facts stored in the shard's metadata block.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct ShardMeta {
+    dataset: String,
+    split: Option<Split>,
+    shard: usize,
+    source_start: usize,
+    source_end: usize,
+    skipped: Vec<Skipped>,
+    conversions: Conversions,
+}
+
+/// Records per shard for a listing under a policy.
+pub fn records_per_shard(policy: &StorePolicy, files: &[SourceFile]) -> u32 {
+    if let Some(n) = policy.records_per_shard {
+        return n.max(1);
+    }
+    let estimate = match policy.encoding {
+        // A raw record at the cap with a 4:3 aspect ratio.
+        Encoding::Raw => {
+            let s = policy.max_shortest_side.0 as u64;
+            s * s * 4 / 3 * 3
+        }
+        Encoding::Jpeg => {
+            let total: u64 = files.iter().map(|f| f.size).sum();
+            (total / files.len().max(1) as u64).max(1)
+        }
+    };
+    (policy.shard_size.0 / estimate).clamp(1, u32::MAX as u64) as u32
+}
+
+/// Builds the plan for a listing.
+pub fn plan(spec: &DatasetSpec, listing: &Listing) -> Plan {
+    let dir = spec.shards.join(listing.split.name());
+    let r = records_per_shard(&spec.store, &listing.files) as usize;
+    let n = listing.files.len().div_ceil(r).max(1);
+    let policy = serde_json::to_string(&spec.store).expect("policy serialises");
+    let shards = (0..n)
+        .map(|k| {
+            let (start, end) = (k * r, ((k + 1) * r).min(listing.files.len()));
+            let mut h = Sha256::new();
+            h.update(policy.as_bytes());
+            h.update(spec.name.as_bytes());
+            h.update(listing.split.name().as_bytes());
+            h.update((k as u64).to_le_bytes());
+            for f in &listing.files[start..end] {
+                h.update(f.key.as_bytes());
+                h.update([0]);
+                h.update(f.size.to_le_bytes());
+                h.update(f.label.to_le_bytes());
+            }
+            let digest = h.finalize();
+            ShardPlan {
+                number: k,
+                start,
+                end,
+                file: format!("{}-{k:05}.{}", listing.split.name(), shard::EXTENSION),
+                hash: u64::from_le_bytes(digest[..8].try_into().unwrap()),
+            }
+        })
+        .collect();
+    Plan {
+        dir,
+        records_per_shard: r as u32,
+        shards,
+    }
+}
+
+/// The shards of `plan` that part `part` writes: a contiguous block.
+pub fn part_range(planned: usize, part: Option<Part>) -> std::ops::Range<usize> {
+    match part {
+        None => 0..planned,
+        Some(p) => {
+            let (i, n) = (p.index as usize, p.count as usize);
+            planned * i / n..planned * (i + 1) / n
+        }
+    }
+}
+
+/// Prepares the requested splits of a dataset.
+pub fn prepare(
+    spec: &DatasetSpec,
+    opts: &PrepareOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Vec<SplitReport>, PrepareError> {
+    if spec.source == SourceKind::Synthetic && !opts.merge {
+        let s = spec.synthetic.clone().unwrap_or_default();
+        synthetic::generate(&s, &spec.root).map_err(SourceError::from)?;
+    }
+    let splits: Vec<Split> = if opts.splits.is_empty() {
+        Split::ALL
+            .into_iter()
+            .filter(|s| spec.root.join(s.name()).is_dir())
+            .collect()
+    } else {
+        opts.splits.clone()
+    };
+    if splits.is_empty() {
+        return Err(PrepareError::NoSplits {
+            root: spec.root.clone(),
+        });
+    }
+    let threads = opts.threads.unwrap_or(0);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("prepare-{i}"))
+        .build()
+        .map_err(|e| PrepareError::Threads(e.to_string()))?;
+    let mut reports = Vec::new();
+    for split in splits {
+        let listing = source::list(spec, split)?;
+        let report = pool.install(|| prepare_split(spec, &listing, opts, progress, cancel))?;
+        reports.push(report);
+    }
+    Ok(reports)
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
+    move |source| PrepareError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A shard on disk that matches its plan, if there is one.
+fn existing(plan: &Plan, sp: &ShardPlan) -> Option<ShardReader> {
+    let r = ShardReader::open(&plan.dir.join(&sp.file)).ok()?;
+    (r.header().plan_hash == sp.hash).then_some(r)
+}
+
+fn prepare_split(
+    spec: &DatasetSpec,
+    listing: &Listing,
+    opts: &PrepareOptions,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<SplitReport, PrepareError> {
+    let started = Instant::now();
+    let plan = plan(spec, listing);
+    std::fs::create_dir_all(&plan.dir).map_err(io_at(&plan.dir))?;
+    let mine = part_range(plan.shards.len(), opts.part);
+    let mut report = SplitReport {
+        split: listing.split,
+        part: opts.part,
+        shards_planned: plan.shards.len(),
+        shards_written: 0,
+        shards_kept: 0,
+        processed: 0,
+        records: 0,
+        skipped: 0,
+        bytes: 0,
+        seconds: 0.0,
+        images_per_second: 0.0,
+        manifest: None,
+    };
+    if !opts.merge {
+        sweep_temporaries(&plan.dir)?;
+        let todo: Vec<&ShardPlan> = plan.shards[mine.clone()]
+            .iter()
+            .filter(|sp| existing(&plan, sp).is_none())
+            .collect();
+        let total: u64 = plan.shards[mine.clone()]
+            .iter()
+            .map(|s| (s.end - s.start) as u64)
+            .sum();
+        let todo_records: u64 = todo.iter().map(|s| (s.end - s.start) as u64).sum();
+        report.shards_kept = mine.len() - todo.len();
+        progress.start(listing.split, total, total - todo_records);
+        for sp in todo {
+            if cancel.load(Ordering::Relaxed) {
+                progress.finish(listing.split);
+                return Err(PrepareError::Interrupted {
+                    split: listing.split,
+                    written: report.shards_written,
+                });
+            }
+            let written = write_shard(spec, listing, &plan, sp, progress, cancel)?;
+            match written {
+                Some(n) => {
+                    report.shards_written += 1;
+                    report.processed += n;
+                }
+                None => {
+                    progress.finish(listing.split);
+                    return Err(PrepareError::Interrupted {
+                        split: listing.split,
+                        written: report.shards_written,
+                    });
+                }
+            }
+        }
+        progress.finish(listing.split);
+    }
+    // Assemble the manifest when every planned shard is there (always, for a whole run; for a
+    // part, only if it happens to be the last to finish; `--merge` insists).
+    let missing: Vec<&ShardPlan> = plan
+        .shards
+        .iter()
+        .filter(|sp| existing(&plan, sp).is_none())
+        .collect();
+    if missing.is_empty() {
+        let m = assemble(spec, listing, &plan)?;
+        report.records = m.records;
+        report.skipped = m.skipped;
+        report.bytes = m.bytes;
+        report.manifest = Some(plan.dir.join(manifest::FILE_NAME));
+    } else if opts.merge || opts.part.is_none() {
+        return Err(PrepareError::Incomplete {
+            split: listing.split,
+            missing: missing.len(),
+            planned: plan.shards.len(),
+            first: missing[0].file.clone(),
+        });
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    report.images_per_second = report.processed as f64 / report.seconds.max(1e-9);
+    Ok(report)
+}
+
+/// Removes temporary files an interrupted run left behind.
+fn sweep_temporaries(dir: &Path) -> Result<(), PrepareError> {
+    for entry in std::fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.ends_with(".tmp") {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}
+
+/// A record ready to append.
+struct Prepared {
+    payload: Vec<u8>,
+    width: u32,
+    height: u32,
+    encoding: Encoding,
+    flags: RecordFlags,
+}
+
+/// Decodes, checks, converts and encodes one source file; `Ok(Err(reason))` means skip it.
+fn prepare_record(
+    file: &SourceFile,
+    policy: &StorePolicy,
+) -> Result<Result<Prepared, String>, PrepareError> {
+    let bytes = match std::fs::read(&file.path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Err("file disappeared after listing".into()))
+        }
+        Err(source) => {
+            return Err(PrepareError::SourceRead {
+                path: file.path.clone(),
+                source,
+            })
+        }
+    };
+    Ok(convert(bytes, policy).map_err(|e| format!("{}: {e}", e.kind())))
+}
+
+/// The store policy applied to one file's bytes.
+fn convert(bytes: Vec<u8>, policy: &StorePolicy) -> Result<Prepared, DecodeError> {
+    let decoded = imaging::decode_rgb8(&bytes, policy.max_pixels)?;
+    let mut flags = 0u8;
+    match decoded.color {
+        SourceColor::Gray => flags |= RecordFlags::GRAY_SOURCE,
+        SourceColor::Cmyk => flags |= RecordFlags::CMYK_SOURCE,
+        _ => {}
+    }
+    if decoded.format == image::ImageFormat::Png {
+        flags |= RecordFlags::PNG_SOURCE;
+    }
+    let cap = policy.max_shortest_side.0;
+    let short = decoded.width.min(decoded.height);
+    let keep = policy.passthrough
+        && policy.encoding == Encoding::Jpeg
+        && decoded.format == image::ImageFormat::Jpeg
+        && matches!(decoded.color, SourceColor::Rgb | SourceColor::Gray)
+        && short <= cap;
+    if keep {
+        return Ok(Prepared {
+            payload: bytes,
+            width: decoded.width,
+            height: decoded.height,
+            encoding: Encoding::Jpeg,
+            flags: RecordFlags(flags | RecordFlags::PASSTHROUGH),
+        });
+    }
+    let (mut w, mut h, mut rgb) = (decoded.width, decoded.height, decoded.rgb);
+    if short > cap {
+        let (nw, nh) = imaging::scaled_size(w, h, cap);
+        rgb = imaging::resize_rgb8(&rgb, w, h, nw, nh, fast_image_resize::FilterType::Lanczos3);
+        (w, h) = (nw, nh);
+        flags |= RecordFlags::RESIZED;
+    }
+    let payload = match policy.encoding {
+        Encoding::Raw => rgb,
+        Encoding::Jpeg => {
+            imaging::encode_jpeg(&rgb, w, h, policy.jpeg_quality.0).map_err(DecodeError::Corrupt)?
+        }
+    };
+    Ok(Prepared {
+        payload,
+        width: w,
+        height: h,
+        encoding: policy.encoding,
+        flags: RecordFlags(flags),
+    })
+}
+
+/// Writes one shard. Returns the number of source files handled, or `None` if cancelled (the
+/// partial shard is discarded).
+fn write_shard(
+    spec: &DatasetSpec,
+    listing: &Listing,
+    plan: &Plan,
+    sp: &ShardPlan,
+    progress: &dyn Progress,
+    cancel: &AtomicBool,
+) -> Result<Option<u64>, PrepareError> {
+    let path = plan.dir.join(&sp.file);
+    let mut writer = ShardWriter::create(&path, sp.hash)?;
+    let mut meta = ShardMeta {
+        dataset: spec.name.clone(),
+        split: Some(listing.split),
+        shard: sp.number,
+        source_start: sp.start,
+        source_end: sp.end,
+        ..Default::default()
+    };
+    let files = &listing.files[sp.start..sp.end];
+    for (c, chunk) in files.chunks(CHUNK).enumerate() {
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(None); // the writer's Drop removes the temporary file
+        }
+        let results: Vec<Result<Result<Prepared, String>, PrepareError>> = chunk
+            .par_iter()
+            .map(|f| prepare_record(f, &spec.store))
+            .collect();
+        for (j, (file, result)) in chunk.iter().zip(results).enumerate() {
+            let source_index = (sp.start + c * CHUNK + j) as u32;
+            match result? {
+                Ok(p) => {
+                    let conv = &mut meta.conversions;
+                    let f = p.flags;
+                    if f.has(RecordFlags::PASSTHROUGH) {
+                        conv.passthrough += 1;
+                    } else {
+                        conv.reencoded += 1;
+                    }
+                    conv.resized += f.has(RecordFlags::RESIZED) as u64;
+                    conv.grayscale += f.has(RecordFlags::GRAY_SOURCE) as u64;
+                    conv.cmyk += f.has(RecordFlags::CMYK_SOURCE) as u64;
+                    conv.png += f.has(RecordFlags::PNG_SOURCE) as u64;
+                    writer.append(
+                        &file.key,
+                        &p.payload,
+                        file.label,
+                        p.width,
+                        p.height,
+                        p.encoding,
+                        p.flags,
+                        source_index,
+                    )?;
+                }
+                Err(reason) => {
+                    tracing::warn!(file = %file.path.display(), %reason, "skipped");
+                    meta.skipped.push(Skipped {
+                        key: file.key.clone(),
+                        reason,
+                    });
+                }
+            }
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    let meta_json = serde_json::to_vec(&meta).expect("shard meta serialises");
+    writer.finish(&meta_json)?;
+    Ok(Some(files.len() as u64))
+}
+
+/// Builds and writes the manifest and skipped report from the listing and the shard files.
+fn assemble(spec: &DatasetSpec, listing: &Listing, plan: &Plan) -> Result<Manifest, PrepareError> {
+    let mut shards = Vec::with_capacity(plan.shards.len());
+    let mut counts = vec![0u64; listing.classes.len()];
+    let mut skipped = listing.skipped.clone();
+    let mut conversions = Conversions::default();
+    let mut bytes = 0u64;
+    for sp in &plan.shards {
+        let path = plan.dir.join(&sp.file);
+        let r = ShardReader::open(&path)?;
+        let meta: ShardMeta =
+            serde_json::from_slice(r.meta()).map_err(|e| ShardError::Incomplete {
+                path: path.clone(),
+                reason: format!("metadata is not valid JSON: {e}"),
+            })?;
+        for rec in r.records() {
+            let rec = rec?;
+            if let Some(c) = counts.get_mut(rec.label as usize) {
+                *c += 1;
+            }
+        }
+        skipped.extend(meta.skipped);
+        conversions.add(&meta.conversions);
+        bytes += r.header().file_len;
+        shards.push(ManifestShard {
+            file: sp.file.clone(),
+            records: r.len() as u64,
+            bytes: r.header().file_len,
+            source_start: sp.start as u64,
+            source_end: sp.end as u64,
+        });
+    }
+    let records = shards.iter().map(|s| s.records).sum();
+    let m = Manifest {
+        format: FORMAT.into(),
+        format_version: FORMAT_VERSION,
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        dataset: spec.name.clone(),
+        split: listing.split,
+        source: SourceInfo {
+            kind: spec.source,
+            root: spec.root.display().to_string(),
+            labels_from: listing.labels_from.clone(),
+            fingerprint: source::fingerprint(listing),
+            files: (listing.files.len() + listing.skipped.len()) as u64,
+        },
+        store: spec.store.clone(),
+        records_per_shard: plan.records_per_shard,
+        records,
+        skipped: skipped.len() as u64,
+        bytes,
+        conversions,
+        classes: listing
+            .classes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| ManifestClass {
+                index: i as u32,
+                wnid: c.wnid.clone(),
+                name: c.name.clone(),
+                records: counts[i],
+            })
+            .collect(),
+        shards,
+    };
+    let skipped_path = plan.dir.join(manifest::SKIPPED_FILE);
+    manifest::write_atomic(&skipped_path, manifest::skipped_tsv(&skipped).as_bytes())
+        .map_err(io_at(&skipped_path))?;
+    let manifest_path = plan.dir.join(manifest::FILE_NAME);
+    manifest::write_atomic(&manifest_path, m.to_json().as_bytes())
+        .map_err(io_at(&manifest_path))?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_tile_the_shards() {
+        for planned in [1usize, 2, 7, 100, 131] {
+            for n in 1..=9u32 {
+                let mut covered = Vec::new();
+                for i in 0..n {
+                    covered.extend(part_range(planned, Some(Part { index: i, count: n })));
+                }
+                assert_eq!(covered, (0..planned).collect::<Vec<_>>(), "{planned} / {n}");
+            }
+        }
+        assert!("3/3".parse::<Part>().is_err());
+        assert!("1/0".parse::<Part>().is_err());
+        assert_eq!("2/8".parse::<Part>().unwrap(), Part { index: 2, count: 8 });
+    }
+}

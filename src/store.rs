@@ -1,0 +1,374 @@
+//! A prepared split as a whole: its manifest and its memory-mapped shards, plus the two
+//! read-side commands, `vgg inspect` (what is in it) and `vgg verify` (is every byte right).
+//!
+//! A directory given to these is either one split (it holds `manifest.json`) or a dataset's
+//! shard directory holding one folder per split.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::imaging;
+use crate::manifest::{self, Conversions, Manifest, ManifestClass, ManifestError};
+use crate::shard::{Encoding, ShardError, ShardReader};
+use crate::source::Split;
+
+/// Why a prepared split could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    #[error("{dir}: no manifest.json here or in its subfolders; prepare the dataset with `vgg prepare NAME`")]
+    NotPrepared { dir: PathBuf },
+    #[error("{path}: holds {found} records, the manifest says {expected}")]
+    CountMismatch {
+        path: PathBuf,
+        found: u64,
+        expected: u64,
+    },
+    #[error("cannot start worker threads: {0}")]
+    Threads(String),
+}
+
+/// An opened, validated split.
+pub struct PreparedSplit {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub shards: Vec<ShardReader>,
+    /// `offsets[k]` is the global index of shard k's first record; the last entry is the total.
+    offsets: Vec<u64>,
+}
+
+impl PreparedSplit {
+    /// Opens the split in `dir`: reads the manifest and maps and validates every shard.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let manifest = Manifest::read(dir)?;
+        let mut shards = Vec::with_capacity(manifest.shards.len());
+        let mut offsets = vec![0u64];
+        for s in &manifest.shards {
+            let path = dir.join(&s.file);
+            let r = ShardReader::open(&path)?;
+            if r.len() as u64 != s.records {
+                return Err(StoreError::CountMismatch {
+                    path,
+                    found: r.len() as u64,
+                    expected: s.records,
+                });
+            }
+            offsets.push(offsets.last().unwrap() + s.records);
+            shards.push(r);
+        }
+        Ok(PreparedSplit {
+            dir: dir.to_path_buf(),
+            manifest,
+            shards,
+            offsets,
+        })
+    }
+
+    /// Total number of records.
+    pub fn len(&self) -> u64 {
+        *self.offsets.last().unwrap()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (shard, record within shard) of a global record index. Panics when out of range.
+    pub fn locate(&self, global: u64) -> (usize, usize) {
+        assert!(global < self.len(), "record {global} out of range");
+        let k = self.offsets.partition_point(|&o| o <= global) - 1;
+        (k, (global - self.offsets[k]) as usize)
+    }
+}
+
+/// The split directories under `dir`.
+pub fn find_splits(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    if dir.join(manifest::FILE_NAME).is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .filter(|p| p.join(manifest::FILE_NAME).is_file())
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    if out.is_empty() {
+        return Err(StoreError::NotPrepared {
+            dir: dir.to_path_buf(),
+        });
+    }
+    Ok(out)
+}
+
+/// Summary statistics of a quantity.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Stats {
+    pub min: u64,
+    pub mean: f64,
+    pub max: u64,
+}
+
+impl Stats {
+    fn of(values: impl Iterator<Item = u64>) -> Stats {
+        let (mut min, mut max, mut sum, mut n) = (u64::MAX, 0u64, 0u128, 0u64);
+        for v in values {
+            min = min.min(v);
+            max = max.max(v);
+            sum += v as u128;
+            n += 1;
+        }
+        if n == 0 {
+            return Stats::default();
+        }
+        Stats {
+            min,
+            mean: sum as f64 / n as f64,
+            max,
+        }
+    }
+}
+
+/// What `vgg inspect` reports for one split.
+#[derive(Debug, Clone, Serialize)]
+pub struct SplitSummary {
+    pub dir: PathBuf,
+    pub dataset: String,
+    pub split: Split,
+    pub records: u64,
+    pub skipped: u64,
+    pub bytes: u64,
+    pub encodings: BTreeMap<String, u64>,
+    pub shortest_side: Stats,
+    pub width: Stats,
+    pub height: Stats,
+    pub record_bytes: Stats,
+    pub conversions: Conversions,
+    /// Skipped files counted by reason kind (`truncated`, `not-an-image`, ...).
+    pub skipped_by_reason: BTreeMap<String, u64>,
+    pub classes: Vec<ManifestClass>,
+    pub shards: Vec<manifest::ManifestShard>,
+    pub store: crate::registry::StorePolicy,
+    pub source_fingerprint: String,
+}
+
+/// What `vgg inspect --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    pub records: u64,
+    pub classes: usize,
+    pub shards: usize,
+    pub bytes: u64,
+    pub skipped: u64,
+    pub splits: Vec<SplitSummary>,
+}
+
+/// Inspects every split under `dir`.
+pub fn inspect(dir: &Path) -> Result<InspectReport, StoreError> {
+    let mut splits = Vec::new();
+    for d in find_splits(dir)? {
+        let s = PreparedSplit::open(&d)?;
+        let mut encodings = BTreeMap::new();
+        let mut dims = Vec::with_capacity(s.len() as usize);
+        for shard in &s.shards {
+            for rec in shard.records() {
+                let rec = rec?;
+                let name = match rec.encoding {
+                    Encoding::Jpeg => "jpeg",
+                    Encoding::Raw => "raw",
+                };
+                *encodings.entry(name.to_string()).or_insert(0u64) += 1;
+                dims.push((rec.width as u64, rec.height as u64, rec.bytes.len() as u64));
+            }
+        }
+        let mut skipped_by_reason = BTreeMap::new();
+        if let Ok(text) = std::fs::read_to_string(d.join(manifest::SKIPPED_FILE)) {
+            for line in text.lines().skip(1) {
+                let reason = line.split_once('\t').map_or("", |(_, r)| r);
+                let kind = reason.split_once(':').map_or(reason, |(k, _)| k);
+                let kind = if kind.contains(' ') {
+                    "unlabelled"
+                } else {
+                    kind
+                };
+                *skipped_by_reason.entry(kind.to_string()).or_insert(0u64) += 1;
+            }
+        }
+        let m = &s.manifest;
+        splits.push(SplitSummary {
+            dir: d.clone(),
+            dataset: m.dataset.clone(),
+            split: m.split,
+            records: s.len(),
+            skipped: m.skipped,
+            bytes: m.bytes,
+            encodings,
+            shortest_side: Stats::of(dims.iter().map(|d| d.0.min(d.1))),
+            width: Stats::of(dims.iter().map(|d| d.0)),
+            height: Stats::of(dims.iter().map(|d| d.1)),
+            record_bytes: Stats::of(dims.iter().map(|d| d.2)),
+            conversions: m.conversions.clone(),
+            skipped_by_reason,
+            classes: m.classes.clone(),
+            shards: m.shards.clone(),
+            store: m.store.clone(),
+            source_fingerprint: m.source.fingerprint.clone(),
+        });
+    }
+    Ok(InspectReport {
+        records: splits.iter().map(|s| s.records).sum(),
+        classes: splits.iter().map(|s| s.classes.len()).max().unwrap_or(0),
+        shards: splits.iter().map(|s| s.shards.len()).sum(),
+        bytes: splits.iter().map(|s| s.bytes).sum(),
+        skipped: splits.iter().map(|s| s.skipped).sum(),
+        splits,
+    })
+}
+
+/// One problem `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyFailure {
+    pub shard: PathBuf,
+    /// Record number within the shard, when the problem is one record.
+    pub record: Option<usize>,
+    pub key: Option<String>,
+    pub reason: String,
+}
+
+/// What `vgg verify` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub shards: usize,
+    pub records: u64,
+    pub bytes: u64,
+    pub failures: Vec<VerifyFailure>,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Checks every shard under `dir`: the manifest's shard list and sizes, every header, every
+/// record checksum, and that every record decodes to the size its index row states.
+/// `progress` is called with the number of records checked so far.
+pub fn verify(
+    dir: &Path,
+    threads: Option<usize>,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<VerifyReport, StoreError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.unwrap_or(0))
+        .build()
+        .map_err(|e| StoreError::Threads(e.to_string()))?;
+    let mut report = VerifyReport {
+        shards: 0,
+        records: 0,
+        bytes: 0,
+        failures: Vec::new(),
+    };
+    for d in find_splits(dir)? {
+        let m = Manifest::read(&d)?;
+        let total: u64 = m.shards.iter().map(|s| s.records).sum();
+        let done = AtomicU64::new(0);
+        for s in &m.shards {
+            let path = d.join(&s.file);
+            report.shards += 1;
+            let r = match ShardReader::open(&path) {
+                Ok(r) => r,
+                Err(e) => {
+                    report.failures.push(VerifyFailure {
+                        shard: path,
+                        record: None,
+                        key: None,
+                        reason: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            if r.len() as u64 != s.records || r.header().file_len != s.bytes {
+                report.failures.push(VerifyFailure {
+                    shard: path.clone(),
+                    record: None,
+                    key: None,
+                    reason: format!(
+                        "shard has {} records / {} bytes, the manifest says {} / {}",
+                        r.len(),
+                        r.header().file_len,
+                        s.records,
+                        s.bytes
+                    ),
+                });
+            }
+            let failures: Vec<VerifyFailure> = pool.install(|| {
+                (0..r.len())
+                    .into_par_iter()
+                    .filter_map(|i| {
+                        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                        if n % 256 == 0 || n == total {
+                            progress(n, total);
+                        }
+                        check_one(&r, i).err().map(|(key, reason)| VerifyFailure {
+                            shard: path.clone(),
+                            record: Some(i),
+                            key,
+                            reason,
+                        })
+                    })
+                    .collect()
+            });
+            report.failures.extend(failures);
+            report.records += r.len() as u64;
+            report.bytes += r.header().file_len;
+        }
+    }
+    Ok(report)
+}
+
+fn check_one(r: &ShardReader, i: usize) -> Result<(), (Option<String>, String)> {
+    let rec = r.check_record(i).map_err(|e| {
+        let key = r.record(i).ok().map(|x| x.key.to_string());
+        (key, e.to_string())
+    })?;
+    let key = Some(rec.key.to_string());
+    match rec.encoding {
+        Encoding::Raw => {
+            let want = rec.width as u64 * rec.height as u64 * 3;
+            if rec.bytes.len() as u64 != want {
+                return Err((
+                    key,
+                    format!(
+                        "raw record holds {} bytes, {}x{}x3 = {want} expected",
+                        rec.bytes.len(),
+                        rec.width,
+                        rec.height
+                    ),
+                ));
+            }
+        }
+        Encoding::Jpeg => {
+            let d = imaging::decode_rgb8(rec.bytes, u64::MAX)
+                .map_err(|e| (key.clone(), format!("does not decode: {e}")))?;
+            if (d.width, d.height) != (rec.width, rec.height) {
+                return Err((
+                    key,
+                    format!(
+                        "decodes to {}x{}, the index says {}x{}",
+                        d.width, d.height, rec.width, rec.height
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

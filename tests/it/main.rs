@@ -1,0 +1,6 @@
+//! Integration tests: one binary, one module per capability.
+
+mod cli;
+mod fixtures;
+mod prepare;
+mod val_labels;
