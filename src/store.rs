@@ -315,7 +315,7 @@ pub fn verify(
                     .into_par_iter()
                     .filter_map(|i| {
                         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n % 256 == 0 || n == total {
+                        if n.is_multiple_of(256) || n == total {
                             progress(n, total);
                         }
                         check_one(&r, i).err().map(|(key, reason)| VerifyFailure {

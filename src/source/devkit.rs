@@ -66,12 +66,15 @@ pub enum DevkitError {
     #[error("{what}: unsupported MAT-file version 0x{version:04x} at byte 124{}", version_hint(.version))]
     UnsupportedVersion { what: String, version: u16 },
     #[error(
-        "{what}: compressed (miCOMPRESSED, zlib) data element at byte {offset}, and this build has \
-         no zlib decoder: give a `synsets.txt` instead (one wnid per line in ILSVRC2012_ID order, \
-         optionally followed by its words; e.g. from scipy.io.loadmat), or re-save meta.mat \
-         uncompressed (MATLAB: save(file, 'synsets', '-v6'))"
+        "{what}: compressed (miCOMPRESSED, zlib) data element at byte {offset} does not inflate \
+         ({reason}); give a `synsets.txt` instead (one wnid per line in ILSVRC2012_ID order, \
+         optionally followed by its words; e.g. from scipy.io.loadmat)"
     )]
-    Compressed { what: String, offset: usize },
+    Compressed {
+        what: String,
+        offset: usize,
+        reason: String,
+    },
     #[error("{what}: truncated at byte {offset}: expected {expected}")]
     Truncated {
         what: String,
@@ -244,19 +247,40 @@ fn clip(s: &str) -> String {
 /// writes small doubles as miUINT8/miUINT16); text as miUINT16/miUTF16 (UTF-16), miUTF8, or
 /// miINT8/miUINT8 (Latin-1).
 ///
-/// Errors: not a MAT v5 file, big-endian, a v7.3 (HDF5) file, compressed (miCOMPRESSED: this
-/// crate has no zlib; give [`parse_synset_list`] a `synsets.txt` instead), truncated or malformed
+/// Variables saved compressed (miCOMPRESSED, MATLAB's default since v7) are inflated first.
+///
+/// Errors: not a MAT v5 file, big-endian, a v7.3 (HDF5) file, a compressed element that does
+/// not inflate (then give [`parse_synset_list`] a `synsets.txt` instead), truncated or malformed
 /// elements, no `synsets` variable, missing fields, an id that is not a positive integer, a
 /// malformed wnid, no id in 1..=1000, or ids that are not exactly 1..=1000.
 pub fn parse_meta_mat(bytes: &[u8]) -> Result<Vec<DevkitSynset>, DevkitError> {
     check_header(bytes)?;
     let mut top = Cursor::new(&bytes[128..], 128, true);
-    let mut compressed_at = None;
+    let mut compressed_err = None;
     let mut variables = Vec::new();
     while let Some(element) = top.next()? {
         match element.ty {
             MI_COMPRESSED => {
-                compressed_at.get_or_insert(element.tag_at);
+                // MATLAB -v7 files wrap each variable in one zlib stream.
+                let inflated = match inflate(element.data) {
+                    Ok(v) => v,
+                    Err(reason) => {
+                        compressed_err.get_or_insert((element.tag_at, reason));
+                        continue;
+                    }
+                };
+                let mut inner = Cursor::new(&inflated, element.data_at, false);
+                while let Some(e) = inner.next()? {
+                    if e.ty != MI_MATRIX {
+                        continue;
+                    }
+                    if let Some(matrix) = Matrix::parse(&e)? {
+                        if matrix.name == "synsets" {
+                            return synsets_from(matrix);
+                        }
+                        variables.push(matrix.name);
+                    }
+                }
             }
             MI_MATRIX => {
                 let Some(matrix) = Matrix::parse(&element)? else {
@@ -271,16 +295,33 @@ pub fn parse_meta_mat(bytes: &[u8]) -> Result<Vec<DevkitSynset>, DevkitError> {
             _ => {}
         }
     }
-    Err(match compressed_at {
-        Some(offset) => DevkitError::Compressed {
+    Err(match compressed_err {
+        Some((offset, reason)) => DevkitError::Compressed {
             what: META_MAT.to_string(),
             offset,
+            reason,
         },
         None => DevkitError::NoSynsets {
             what: META_MAT.to_string(),
             variables,
         },
     })
+}
+
+/// Inflates a miCOMPRESSED payload, refusing to grow past 256 MiB (the real meta.mat holds
+/// about 2 MB).
+fn inflate(data: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    const CAP: u64 = 256 << 20;
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(data)
+        .take(CAP + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| e.to_string())?;
+    if out.len() as u64 > CAP {
+        return Err("inflates past 256 MiB".into());
+    }
+    Ok(out)
 }
 
 fn check_header(bytes: &[u8]) -> Result<(), DevkitError> {
@@ -1504,6 +1545,17 @@ mod tests {
             parse_meta_mat(b"n01440764\nn01443537\n"),
             Err(DevkitError::NotMatFile { .. })
         ));
+    }
+
+    #[test]
+    fn compressed_synsets_are_inflated() {
+        use std::io::Write;
+        let plain = write_synsets_mat(&with_extras());
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(&plain[128..]).unwrap();
+        let file = mat_file(&[compressed_element(&z.finish().unwrap())]);
+        assert!(file.len() < plain.len());
+        assert_eq!(parse_meta_mat(&file).unwrap(), expected_sorted());
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! The embedded default dataset: a synthetic, ImageNet-laid-out image classification set.
 //!
 //! Why this exists: the toolkit's pipeline (prepare, shards, the augmentation loader, training,
-//! evaluation) needs *some* image-classification data, and ImageNet is a 150 GB download behind
-//! a registration wall. This module draws a small stand-in from nothing but a seed, so that
-//! `make demo`, the tests and CI run anywhere, offline, in seconds.
+//! evaluation) needs *some* image-classification data, and ImageNet is a download of well over
+//! 100 GB that needs an account. This module draws a small stand-in from nothing but a seed, so
+//! that `make demo`, the tests and CI run anywhere, offline, in seconds.
 //!
 //! **It is synthetic.** Every image is a procedurally drawn scene, not a photograph. Accuracy on
 //! it says nothing about accuracy on ImageNet or on any real images; it is a plumbing and
@@ -29,8 +29,9 @@
 //!
 //! Image `index` of split `split` is a pure function of `(spec, split, index)`: all of its
 //! randomness comes from `Rng::new(spec.seed, Stream::Synthetic, split_id, index)` (train = 0,
-//! val = 1), so the output does not depend on the number of threads. Index `i` has class
-//! `i % classes`, so every prefix of a split is class balanced.
+//! val = 1), so the output does not depend on the number of threads. (Bit-identical on one
+//! platform; the `f32` sine/cosine of another maths library may move a few pixel values.)
+//! Index `i` has class `i % classes`, so every prefix of a split is class balanced.
 //!
 //! # Layout
 //!
@@ -204,16 +205,20 @@ pub struct GenerateSummary {
 /// Why the synthetic dataset could not be generated.
 #[derive(Debug, thiserror::Error)]
 pub enum SyntheticError {
+    /// A spec field is out of range.
     #[error("synthetic spec: `{field}` {reason}")]
     Invalid { field: &'static str, reason: String },
+    /// Reading or writing the dataset root failed.
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
         #[source]
         source: io::Error,
     },
+    /// The JPEG encoder refused an image.
     #[error("cannot encode {path} as JPEG: {message}")]
     Encode { path: PathBuf, message: String },
+    /// `train/` or `val/` of the root hold something other than synthetic class folders.
     #[error(
         "{path} holds `{entry}`, which is not a synthetic class folder; refusing to generate \
          synthetic images into a directory with other data (choose another root)"
@@ -417,7 +422,8 @@ fn note(spec: &SyntheticSpec) -> String {
          Images: {train} train ({tpc} per class), {val} val ({vpc} per class).\n\
          Classes ({n}): {list}\n\
          \n\
-         The same spec always produces the same images. Spec:\n\
+         The same spec always produces the same images (bit for bit on one platform; another\n\
+         maths library may move a few pixel values by one level). Spec:\n\
          {json}\n",
         n = spec.classes,
         train = spec.split_len(0),
