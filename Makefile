@@ -20,6 +20,7 @@ build: setup
 	$(CARGO) build --release --locked
 
 demo: build
+	$(VGG) generate synthetic-shapes
 	$(VGG) prepare synthetic-shapes
 	$(VGG) inspect synthetic-shapes
 	$(VGG) verify synthetic-shapes

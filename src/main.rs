@@ -134,7 +134,16 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let interrupted = matches!(
+                e.downcast_ref::<prepare::PrepareError>(),
+                Some(prepare::PrepareError::Interrupted { .. })
+            );
+            // 130: the shell's code for "ended by SIGINT", so scripts can tell an interruption.
+            if interrupted {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

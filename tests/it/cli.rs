@@ -145,3 +145,38 @@ fn synthetic_dataset_generates_prepares_and_verifies() {
     assert_eq!(v[0]["shards_written"], 0);
     assert_eq!(v[0]["shards_kept"], v[0]["shards_planned"]);
 }
+
+#[test]
+fn missing_onnx_runtime_says_what_to_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .arg("runtime")
+        .env(
+            "ORT_DYLIB_PATH",
+            dir.path().join("nowhere/libonnxruntime.so"),
+        )
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "one sentence: {err}");
+    assert!(
+        err.contains("ORT_DYLIB_PATH") && err.contains("make setup"),
+        "{err}"
+    );
+}
+
+#[test]
+fn runtime_reports_the_installed_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = vgg(&["runtime", "--json"], dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["version"], vgg::runtime::ORT_VERSION);
+    assert!(v["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p == "CPUExecutionProvider"));
+}
