@@ -11,6 +11,14 @@ use vgg::store::{self, PreparedSplit};
 
 use crate::fixtures::{self, tree, ValForm};
 
+/// Prepares without progress output or interruption.
+pub fn run(
+    spec: &vgg::registry::DatasetSpec,
+    opts: &PrepareOptions,
+) -> Vec<vgg::prepare::SplitReport> {
+    prepare(spec, opts, &Silent, &AtomicBool::new(false)).unwrap()
+}
+
 const STORE: &str = "max_shortest_side = 96\nrecords_per_shard = 4\n";
 
 fn train_only() -> PrepareOptions {
@@ -94,13 +102,7 @@ fn stores_every_good_file_and_reports_every_bad_one() {
 fn cmyk_is_converted_to_the_right_colour() {
     let fx = fixtures::imagenet(1, ValForm::ClassFolders);
     let shards = fx.dir.path().join("shards");
-    prepare(
-        &fx.spec(&shards, STORE),
-        &train_only(),
-        &Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    run(&fx.spec(&shards, STORE), &train_only());
     let split = PreparedSplit::open(&shards.join("train")).unwrap();
     let rec = split
         .shards
@@ -127,7 +129,7 @@ fn raw_encoding_stores_decoded_pixels() {
         &shards,
         "max_shortest_side = 64\nencoding = \"raw\"\nrecords_per_shard = 50\n",
     );
-    prepare(&spec, &train_only(), &Silent, &AtomicBool::new(false)).unwrap();
+    run(&spec, &train_only());
     let split = PreparedSplit::open(&shards.join("train")).unwrap();
     assert_eq!(split.len() as usize, fx.good_train.len());
     for rec in split.shards[0].records() {
@@ -161,13 +163,7 @@ fn interrupted_run_resumes_to_the_uninterrupted_result() {
     let fx = fixtures::imagenet(6, ValForm::ClassFolders);
     let store = "max_shortest_side = 96\nrecords_per_shard = 3\n";
     let clean = fx.dir.path().join("clean");
-    prepare(
-        &fx.spec(&clean, store),
-        &train_only(),
-        &Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    run(&fx.spec(&clean, store), &train_only());
 
     let resumed = fx.dir.path().join("resumed");
     let spec = fx.spec(&resumed, store);
@@ -200,7 +196,7 @@ fn interrupted_run_resumes_to_the_uninterrupted_result() {
     std::fs::write(dir.join("train-00003.vggshard"), &torn[..torn.len() / 2]).unwrap();
     let kept_before = names.iter().filter(|n| n.ends_with(".vggshard")).count();
 
-    let reports = prepare(&spec, &train_only(), &Silent, &AtomicBool::new(false)).unwrap();
+    let reports = run(&spec, &train_only());
     assert_eq!(reports[0].shards_kept, kept_before);
     assert!(reports[0].manifest.is_some());
     assert_eq!(
@@ -215,13 +211,7 @@ fn parts_union_equals_a_single_machine_run() {
     let fx = fixtures::imagenet(5, ValForm::Kaggle);
     let store = "max_shortest_side = 96\nrecords_per_shard = 2\n";
     let whole = fx.dir.path().join("whole");
-    prepare(
-        &fx.spec(&whole, store),
-        &PrepareOptions::default(),
-        &Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    run(&fx.spec(&whole, store), &PrepareOptions::default());
 
     let parts = fx.dir.path().join("parts");
     let spec = fx.spec(&parts, store);
@@ -231,7 +221,7 @@ fn parts_union_equals_a_single_machine_run() {
             part: Some(Part { index: i, count: n }),
             ..Default::default()
         };
-        let reports = prepare(&spec, &opts, &Silent, &AtomicBool::new(false)).unwrap();
+        let reports = run(&spec, &opts);
         // Parts write disjoint blocks; only once all are in can a manifest exist.
         let last = i == 1;
         assert_eq!(reports[0].manifest.is_some(), last, "part {i}");
@@ -241,7 +231,7 @@ fn parts_union_equals_a_single_machine_run() {
         merge: true,
         ..Default::default()
     };
-    prepare(&spec, &merge, &Silent, &AtomicBool::new(false)).unwrap();
+    run(&spec, &merge);
     assert_eq!(tree(&whole), tree(&parts));
     let m = Manifest::read(&parts.join("train")).unwrap();
     assert_eq!(m.records as usize, fx.good_train.len());
@@ -258,7 +248,7 @@ fn merge_refuses_while_parts_are_missing() {
         splits: vec![Split::Train],
         ..Default::default()
     };
-    prepare(&spec, &one, &Silent, &AtomicBool::new(false)).unwrap();
+    run(&spec, &one);
     let merge = PrepareOptions {
         merge: true,
         splits: vec![Split::Train],
@@ -273,15 +263,9 @@ fn merge_refuses_while_parts_are_missing() {
 fn a_changed_policy_rewrites_instead_of_keeping_stale_shards() {
     let fx = fixtures::imagenet(3, ValForm::ClassFolders);
     let shards = fx.dir.path().join("shards");
-    prepare(
-        &fx.spec(&shards, STORE),
-        &train_only(),
-        &Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
+    run(&fx.spec(&shards, STORE), &train_only());
     let spec = fx.spec(&shards, "max_shortest_side = 64\nrecords_per_shard = 4\n");
-    let r = prepare(&spec, &train_only(), &Silent, &AtomicBool::new(false)).unwrap();
+    let r = run(&spec, &train_only());
     assert_eq!(r[0].shards_kept, 0);
     let split = PreparedSplit::open(&shards.join("train")).unwrap();
     for s in &split.shards {

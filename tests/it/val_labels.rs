@@ -1,12 +1,11 @@
 //! ImageNet's three validation label forms must give the same labels.
 
-use std::sync::atomic::AtomicBool;
-
-use vgg::prepare::{prepare, PrepareOptions, Silent};
+use vgg::prepare::PrepareOptions;
 use vgg::source::{self, Split};
 use vgg::store::PreparedSplit;
 
 use crate::fixtures::{self, ValForm, CLASSES};
+use crate::prepare::run;
 
 fn labels(form: ValForm) -> Vec<(String, u32)> {
     let fx = fixtures::imagenet(1, form);
@@ -24,7 +23,7 @@ fn labels(form: ValForm) -> Vec<(String, u32)> {
         splits: vec![Split::Val],
         ..Default::default()
     };
-    prepare(&spec, &opts, &Silent, &AtomicBool::new(false)).unwrap();
+    run(&spec, &opts);
     let split = PreparedSplit::open(&fx.dir.path().join("shards/val")).unwrap();
     let mut out: Vec<(String, u32)> = split
         .shards
