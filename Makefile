@@ -35,6 +35,7 @@ test: setup lint
 
 bench: setup
 	$(CARGO) bench --locked --bench prepare
+	$(CARGO) bench --locked --bench loader
 
 clean-demo:
 	rm -rf data/synthetic-shapes shards/synthetic-shapes

@@ -12,8 +12,13 @@
 //!
 //! `runtime` locates and loads ONNX Runtime for the later stages (training, evaluation).
 
+pub mod augment;
+pub mod bench;
+pub mod contact_sheet;
 pub mod imaging;
+pub mod loader;
 pub mod manifest;
+pub mod pipeline;
 pub mod prepare;
 pub mod registry;
 pub mod rng;

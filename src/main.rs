@@ -6,12 +6,16 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use vgg::bench;
+use vgg::contact_sheet::{self, SheetOptions, Tile};
+use vgg::loader::{Loader, LoaderOptions, Mode};
+use vgg::pipeline::{OutputKind, Pipeline};
 use vgg::prepare::{self, Part, PrepareOptions, Progress};
 use vgg::registry::{self, Registry, SourceKind};
 use vgg::source::{synthetic, Split};
@@ -111,8 +115,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Write a contact sheet of augmented training samples (what the network sees).
+    ///
+    /// Samples are the first COUNT of epoch E in the pipeline's order, augmented exactly as in
+    /// training (same seed, same per-sample randomness), then de-normalised back to viewable
+    /// colour (the PCA lighting shift stays visible) and captioned with their class names.
+    Preview {
+        /// Pipeline file (pipelines/*.toml).
+        pipeline: PathBuf,
+        /// Output PNG file.
+        #[arg(long, value_name = "FILE.png")]
+        out: PathBuf,
+        #[arg(long, default_value_t = 32, value_name = "N")]
+        count: usize,
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        #[arg(long, default_value_t = 0, value_name = "E")]
+        epoch: u64,
+        /// Use this dataset instead of the pipeline's.
+        #[arg(long, value_name = "NAME")]
+        dataset: Option<String>,
+        #[arg(long, default_value_t = 8)]
+        columns: u32,
+    },
+    /// Throughput benchmarks, each with its baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
     /// Show the ONNX Runtime library in use: path, version, execution providers.
     Runtime {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Loader images/s for the full pipeline vs plain decoding of the same records, per thread
+    /// count (1..all cores).
+    ///
+    /// JSON keys: images_per_sec, images_per_sec_per_core, decode_only_images_per_sec,
+    /// ratio_to_decode (for the largest thread count), scaling, rows[...], machine.
+    Loader {
+        /// Pipeline file.
+        pipeline: PathBuf,
+        /// Use this dataset instead of the pipeline's.
+        #[arg(long, value_name = "NAME")]
+        dataset: Option<String>,
+        /// Only this thread count (default: 1, 2, ... all cores).
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Timed batches per measurement (after one warm-up batch).
+        #[arg(long, default_value_t = 20, value_name = "K")]
+        batches: usize,
         #[arg(long)]
         json: bool,
     },
@@ -297,6 +353,136 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Preview {
+            pipeline,
+            out,
+            count,
+            threads,
+            epoch,
+            dataset,
+            columns,
+        } => {
+            let p = Pipeline::load(pipeline)?;
+            let (name, split) = open_train_split(cli, &p, dataset.as_deref())?;
+            let mut settings = p.loader.clone();
+            settings.batch_size = (*count).max(1);
+            settings.drop_last = false;
+            settings.output = OutputKind::F32Nchw;
+            if let Some(t) = threads {
+                settings.threads = *t;
+            }
+            let classes: Vec<String> = split
+                .manifest
+                .classes
+                .iter()
+                .map(|c| c.name.clone())
+                .collect();
+            let mut loader = Loader::new(
+                split,
+                LoaderOptions {
+                    settings,
+                    mode: Mode::Train(p.train.clone()),
+                    epoch: *epoch,
+                    rank: 0,
+                    world: 1,
+                },
+            )?;
+            let batch = loader.next().context("the split is empty")??;
+            let images = batch.images().expect("f32 output");
+            let c = p.train.crop;
+            let tiles: Vec<Tile> = (0..batch.len())
+                .map(|i| {
+                    let chw = images.index_axis(ndarray::Axis(0), i);
+                    let label = batch.labels()[i] as usize;
+                    Tile {
+                        width: c,
+                        height: c,
+                        rgb: contact_sheet::denormalize_chw(
+                            chw.as_slice().expect("contiguous"),
+                            c,
+                            p.train.mean,
+                        ),
+                        caption: classes
+                            .get(label)
+                            .cloned()
+                            .unwrap_or_else(|| label.to_string()),
+                    }
+                })
+                .collect();
+            let opts = SheetOptions {
+                columns: *columns,
+                font_scale: if c >= 160 { 2 } else { 1 },
+                ..Default::default()
+            };
+            contact_sheet::write_png(out, &tiles, &opts)?;
+            println!(
+                "{}: {} augmented samples of {name} (epoch {epoch}, pipeline {})",
+                out.display(),
+                tiles.len(),
+                p.name
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Loader {
+                    pipeline,
+                    dataset,
+                    threads,
+                    batches,
+                    json,
+                },
+        } => {
+            let p = Pipeline::load(pipeline)?;
+            let (name, split) = open_train_split(cli, &p, dataset.as_deref())?;
+            let counts: Vec<usize> = match threads {
+                Some(t) => vec![*t],
+                None => (1..=bench::machine().cores).collect(),
+            };
+            if !json {
+                let m = bench::machine();
+                println!("machine: {} ({} cores, {})", m.cpu, m.cores, m.os);
+                println!(
+                    "pipeline {} on {name}: {} records, batch {}, {} timed batches after 1 warm-up",
+                    p.name,
+                    split.len(),
+                    p.loader.batch_size,
+                    batches
+                );
+                println!(
+                    "{:>8} {:>14} {:>14} {:>18} {:>8}",
+                    "threads", "images/s", "per core", "decode-only img/s", "ratio"
+                );
+            }
+            let report = bench::loader_bench(split, &p, &name, &counts, *batches, |r| {
+                if !json {
+                    println!(
+                        "{:>8} {:>14.1} {:>14.1} {:>18.1} {:>8.3}",
+                        r.threads,
+                        r.images_per_sec,
+                        r.images_per_sec_per_core,
+                        r.decode_only_images_per_sec,
+                        r.ratio_to_decode
+                    );
+                }
+            })?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "scaling {}->{} threads: {:.2}x; loader buffers {}; peak RSS {}",
+                    counts[0],
+                    counts[counts.len() - 1],
+                    report.scaling,
+                    human_bytes(report.loader_buffer_bytes as u64),
+                    report
+                        .peak_rss_bytes
+                        .map(human_bytes)
+                        .unwrap_or_else(|| "unknown".into())
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Runtime { json } => {
             let info = vgg::runtime::info()?;
             if *json {
@@ -312,6 +498,21 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// The prepared train split of the pipeline's dataset (or `dataset`), with the dataset's name.
+fn open_train_split(
+    cli: &Cli,
+    p: &Pipeline,
+    dataset: Option<&str>,
+) -> Result<(String, Arc<store::PreparedSplit>)> {
+    let name = dataset.unwrap_or(&p.dataset).to_string();
+    let reg = Registry::load(&cli.datasets)?;
+    let spec = reg.get(&name)?;
+    let dir = spec.shards.join(Split::Train.name());
+    let split = store::PreparedSplit::open(&dir)
+        .with_context(|| format!("dataset `{name}` is not prepared (run `vgg prepare {name}`)"))?;
+    Ok((name, Arc::new(split)))
 }
 
 /// A directory, or a dataset name whose shard directory is meant.

@@ -180,3 +180,105 @@ fn runtime_reports_the_installed_library() {
         .iter()
         .any(|p| p == "CPUExecutionProvider"));
 }
+
+/// A prepared toy dataset with a pipeline file for it, in a temporary directory.
+fn toy_with_pipeline() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    crate::loader::prepared_toy(dir.path());
+    std::fs::write(
+        dir.path().join("toy.toml"),
+        "dataset = \"toy\"\n[loader]\nbatch_size = 4\n[[train.stages]]\nkind = \"decode\"\n[[train.stages]]\nkind = \"scale_jitter\"\nmin = 32\nmax = 64\n[[train.stages]]\nkind = \"random_crop\"\nsize = 28\n[[train.stages]]\nkind = \"flip\"\n[[train.stages]]\nkind = \"pca_lighting\"\n[[train.stages]]\nkind = \"normalize\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+#[test]
+fn preview_writes_a_contact_sheet() {
+    let dir = toy_with_pipeline();
+    let o = vgg(
+        &[
+            "preview",
+            "toy.toml",
+            "--out",
+            "sheet.png",
+            "--count",
+            "6",
+            "--columns",
+            "3",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let img = image::open(dir.path().join("sheet.png")).unwrap().to_rgb8();
+    // 3 columns x 2 rows of 28-pixel tiles with captions and padding.
+    assert!(
+        img.width() >= 3 * 28 && img.width() < 3 * 28 + 60,
+        "{}",
+        img.width()
+    );
+    assert!(
+        img.height() > 2 * 28 && img.height() < 2 * 28 + 80,
+        "{}",
+        img.height()
+    );
+    // Not a blank sheet: the tiles have colour variety.
+    let distinct: std::collections::HashSet<[u8; 3]> = img.pixels().map(|p| p.0).collect();
+    assert!(distinct.len() > 100, "{}", distinct.len());
+}
+
+#[test]
+fn bench_loader_json_has_the_stable_keys() {
+    let dir = toy_with_pipeline();
+    let o = vgg(
+        &[
+            "bench",
+            "loader",
+            "toy.toml",
+            "--threads",
+            "1",
+            "--batches",
+            "3",
+            "--json",
+        ],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    for key in [
+        "images_per_sec",
+        "images_per_sec_per_core",
+        "decode_only_images_per_sec",
+        "ratio_to_decode",
+    ] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key}: {v}");
+    }
+    assert_eq!(v["rows"].as_array().unwrap().len(), 1);
+    assert_eq!(v["dataset"], "toy");
+}
+
+#[test]
+fn a_pipeline_naming_an_unprepared_dataset_says_what_to_run() {
+    let dir = toy_with_pipeline();
+    let text_ = std::fs::read_to_string(dir.path().join("datasets.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("datasets.toml"),
+        text_ + "[datasets.other]\nsource = \"folder\"\nroot = \"nowhere\"\n",
+    )
+    .unwrap();
+    let o = vgg(
+        &[
+            "preview",
+            "toy.toml",
+            "--dataset",
+            "other",
+            "--out",
+            "x.png",
+        ],
+        dir.path(),
+    );
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("vgg prepare other"), "{}", text(&o));
+    assert!(!dir.path().join("x.png").exists());
+}

@@ -2,5 +2,6 @@
 
 mod cli;
 mod fixtures;
+mod loader;
 mod prepare;
 mod val_labels;

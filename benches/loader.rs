@@ -1,0 +1,139 @@
+//! Loader throughput, each figure beside its baseline from the same run.
+//!
+//! 1. JPEG records, the paper's multi-scale pipeline (S ~ U[256, 512], 224 crops, flip, PCA,
+//!    mean; float32 NCHW), against plain decoding of the same records at the same thread count.
+//! 2. Raw RGB8 records stored at a 256 shortest side, the S = 256 pipeline: no decode at all, so
+//!    this measures the crop-box resize and the normalisation alone.
+//!
+//! Data: the real photos in `../shared/data/imagenet-sample-500` when present (prepared into a
+//! temporary directory first), the generated synthetic set otherwise.
+//! Run: `cargo bench --bench loader` (or `make bench`).
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use vgg::bench::{loader_bench, machine};
+use vgg::pipeline::Pipeline;
+use vgg::prepare::{prepare, PrepareOptions, Silent};
+use vgg::registry::Registry;
+use vgg::source::Split;
+use vgg::store::PreparedSplit;
+
+fn prepared(work: &Path, root: &Path, name: &str, store: &str) -> Arc<PreparedSplit> {
+    let shards = work.join(format!("shards-{name}"));
+    let reg_path = work.join(format!("{name}.toml"));
+    std::fs::write(
+        &reg_path,
+        format!(
+            "[datasets.{name}]\nsource = \"folder\"\nroot = \"{}\"\nshards = \"{}\"\n[datasets.{name}.store]\n{store}\n",
+            root.display(),
+            shards.display()
+        ),
+    )
+    .unwrap();
+    let reg = Registry::load(&reg_path).unwrap();
+    let opts = PrepareOptions {
+        splits: vec![Split::Train],
+        ..Default::default()
+    };
+    prepare(
+        reg.get(name).unwrap(),
+        &opts,
+        &Silent,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    Arc::new(PreparedSplit::open(&shards.join("train")).unwrap())
+}
+
+fn pipeline(file: &str, batch: usize) -> Pipeline {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("pipelines")
+        .join(file);
+    let mut p = Pipeline::load(&path).unwrap();
+    p.loader.batch_size = batch;
+    p
+}
+
+fn table(title: &str, split: Arc<PreparedSplit>, p: &Pipeline, threads: &[usize], batches: usize) {
+    println!(
+        "\n## {title}: {} records, batch {}, {batches} timed batches",
+        split.len(),
+        p.loader.batch_size
+    );
+    println!(
+        "{:>8} {:>12} {:>12} {:>18} {:>8}",
+        "threads", "images/s", "per core", "decode-only img/s", "ratio"
+    );
+    let r = loader_bench(split, p, "bench", threads, batches, |r| {
+        println!(
+            "{:>8} {:>12.1} {:>12.1} {:>18.1} {:>8.3}",
+            r.threads,
+            r.images_per_sec,
+            r.images_per_sec_per_core,
+            r.decode_only_images_per_sec,
+            r.ratio_to_decode
+        )
+    })
+    .unwrap();
+    println!(
+        "scaling {}->{} threads: {:.2}x",
+        threads[0],
+        threads[threads.len() - 1],
+        r.scaling
+    );
+}
+
+fn main() {
+    let work = tempfile::tempdir().unwrap();
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagenet-sample-500");
+    let (root, what) = if shared.join("train").is_dir() {
+        (shared, "imagenet-sample-500 (real ImageNet photos)")
+    } else {
+        let root = work.path().join("synthetic");
+        let spec = vgg::source::synthetic::SyntheticSpec {
+            classes: 10,
+            train_per_class: 40,
+            val_per_class: 1,
+            min_short_side: 300,
+            max_short_side: 500,
+            ..Default::default()
+        };
+        vgg::source::synthetic::generate(&spec, &root).unwrap();
+        (
+            root,
+            "synthetic-shapes (generated; ../shared/data not found)",
+        )
+    };
+    let m = machine();
+    println!(
+        "# loader benchmark\nmachine: {} ({} cores, {})\ndata: {what}",
+        m.cpu, m.cores, m.os
+    );
+    let threads: Vec<usize> = (1..=m.cores).collect();
+    let jpeg = prepared(work.path(), &root, "jpeg", "shard_size = \"64MiB\"");
+    table(
+        "JPEG records, S ~ U[256,512], crop 224, f32 NCHW",
+        jpeg,
+        &pipeline("vgg-jitter-256-512.toml", 32),
+        &threads,
+        30,
+    );
+    let raw = prepared(
+        work.path(),
+        &root,
+        "raw",
+        "encoding = \"raw\"\nmax_shortest_side = 256\nshard_size = \"256MiB\"",
+    );
+    table(
+        "raw records (short side 256), S = 256, crop 224, f32 NCHW",
+        raw,
+        &pipeline("vgg-s256.toml", 32),
+        &threads,
+        30,
+    );
+    println!(
+        "\nratio = full pipeline / plain decoding of the same records at the same thread count."
+    );
+}

@@ -1,0 +1,211 @@
+//! Throughput measurements that always carry their baseline: `vgg bench loader` times the full
+//! augmentation pipeline and, in the same run on the same records and threads, plain decoding,
+//! so the figure that matters is a ratio that survives a noisy shared machine.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::augment;
+use crate::loader::{epoch_order, with_scratch, Loader, LoaderError, LoaderOptions, Mode};
+use crate::pipeline::Pipeline;
+use crate::store::PreparedSplit;
+
+/// The machine a figure was measured on.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub os: String,
+}
+
+/// Describes this machine.
+pub fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+    }
+}
+
+/// Peak resident memory of this process, in bytes (Linux), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// One row of the thread-scaling table.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoaderRow {
+    pub threads: usize,
+    pub images_per_sec: f64,
+    pub images_per_sec_per_core: f64,
+    pub decode_only_images_per_sec: f64,
+    pub ratio_to_decode: f64,
+}
+
+/// `vgg bench loader` output. The top-level figures are those of the largest thread count.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoaderReport {
+    pub machine: Machine,
+    pub pipeline: String,
+    pub dataset: String,
+    pub records: u64,
+    pub batch_size: usize,
+    pub batches: usize,
+    pub output: crate::pipeline::OutputKind,
+    pub images_per_sec: f64,
+    pub images_per_sec_per_core: f64,
+    pub decode_only_images_per_sec: f64,
+    pub ratio_to_decode: f64,
+    /// images/s at the largest thread count over images/s at one thread.
+    pub scaling: f64,
+    /// Bytes of batch buffers the loader holds, and this process's peak RSS.
+    pub loader_buffer_bytes: usize,
+    pub peak_rss_bytes: Option<u64>,
+    pub rows: Vec<LoaderRow>,
+}
+
+/// Times plain decoding of `records` (global indices) with `threads` workers.
+fn decode_rate(split: &PreparedSplit, records: &[u64], threads: usize) -> Result<f64, LoaderError> {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| LoaderError::Threads(e.to_string()))?;
+    let t = Instant::now();
+    pool.install(|| {
+        records.par_iter().try_for_each(|&g| {
+            let (k, i) = split.locate(g);
+            let shard = &split.shards[k];
+            let rec = shard.record(i).map_err(|e| LoaderError::Shard {
+                shard: shard.path().to_path_buf(),
+                record: i,
+                message: e.to_string(),
+            })?;
+            with_scratch(|scratch| augment::decode_record(&rec, scratch).map(|_| ())).map_err(
+                |source| LoaderError::Record {
+                    shard: shard.path().to_path_buf(),
+                    record: i,
+                    key: rec.key.to_string(),
+                    source,
+                },
+            )
+        })
+    })?;
+    Ok(records.len() as f64 / t.elapsed().as_secs_f64())
+}
+
+/// Times `batches` batches of the full pipeline (after one warm-up batch) with `threads`
+/// workers, running more epochs when one is too short. Returns (images/s, buffer bytes).
+fn pipeline_rate(
+    split: &Arc<PreparedSplit>,
+    pipeline: &Pipeline,
+    threads: usize,
+    batches: usize,
+) -> Result<(f64, usize), LoaderError> {
+    let mut settings = pipeline.loader.clone();
+    settings.threads = threads;
+    let mut done = 0usize;
+    let mut images = 0usize;
+    let mut started = None;
+    for epoch in 0.. {
+        let mut loader = Loader::new(
+            split.clone(),
+            LoaderOptions {
+                settings: settings.clone(),
+                mode: Mode::Train(pipeline.train.clone()),
+                epoch,
+                rank: 0,
+                world: 1,
+            },
+        )?;
+        let bytes = loader.buffer_bytes();
+        if loader.batches() == 0 {
+            return Err(LoaderError::Options(format!(
+                "the split has fewer records ({}) than one batch ({})",
+                split.len(),
+                settings.batch_size
+            )));
+        }
+        for batch in loader.by_ref() {
+            let batch = batch?;
+            if started.is_none() {
+                started = Some(Instant::now()); // the first batch is the warm-up
+                continue;
+            }
+            images += batch.len();
+            done += 1;
+            if done == batches {
+                let secs = started.unwrap().elapsed().as_secs_f64();
+                return Ok((images as f64 / secs, bytes));
+            }
+        }
+    }
+    unreachable!("the epoch loop only ends by returning")
+}
+
+/// Runs the loader benchmark over `threads` (e.g. 1..=cores).
+pub fn loader_bench(
+    split: Arc<PreparedSplit>,
+    pipeline: &Pipeline,
+    dataset: &str,
+    threads: &[usize],
+    batches: usize,
+    mut on_row: impl FnMut(&LoaderRow),
+) -> Result<LoaderReport, LoaderError> {
+    let lengths: Vec<u64> = split.shards.iter().map(|r| r.len() as u64).collect();
+    let s = &pipeline.loader;
+    let mut records = epoch_order(&lengths, s.order, s.window_shards, s.seed, 0, 0, 1);
+    records.truncate((batches * s.batch_size).max(1));
+    let mut rows = Vec::new();
+    let mut buffer_bytes = 0;
+    for &t in threads {
+        let decode = decode_rate(&split, &records, t)?;
+        let (full, bytes) = pipeline_rate(&split, pipeline, t, batches)?;
+        buffer_bytes = bytes;
+        let row = LoaderRow {
+            threads: t,
+            images_per_sec: full,
+            images_per_sec_per_core: full / t as f64,
+            decode_only_images_per_sec: decode,
+            ratio_to_decode: full / decode,
+        };
+        on_row(&row);
+        rows.push(row);
+    }
+    let last = rows
+        .last()
+        .cloned()
+        .ok_or_else(|| LoaderError::Options("no thread counts".into()))?;
+    let first = &rows[0];
+    Ok(LoaderReport {
+        machine: machine(),
+        pipeline: pipeline.name.clone(),
+        dataset: dataset.to_string(),
+        records: split.len(),
+        batch_size: s.batch_size,
+        batches,
+        output: s.output,
+        images_per_sec: last.images_per_sec,
+        images_per_sec_per_core: last.images_per_sec_per_core,
+        decode_only_images_per_sec: last.decode_only_images_per_sec,
+        ratio_to_decode: last.ratio_to_decode,
+        scaling: last.images_per_sec / first.images_per_sec,
+        loader_buffer_bytes: buffer_bytes,
+        peak_rss_bytes: peak_rss_bytes(),
+        rows,
+    })
+}
