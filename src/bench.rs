@@ -109,7 +109,8 @@ fn decode_rate(split: &PreparedSplit, records: &[u64], threads: usize) -> Result
 }
 
 /// Times `batches` batches of the full pipeline (after one warm-up batch) with `threads`
-/// workers, running more epochs when one is too short. Returns (images/s, buffer bytes).
+/// workers, over as many epochs as that takes (one loader, so buffers and threads stay warm as
+/// in a training run). Returns (images/s, buffer bytes).
 fn pipeline_rate(
     split: &Arc<PreparedSplit>,
     pipeline: &Pipeline,
@@ -118,43 +119,41 @@ fn pipeline_rate(
 ) -> Result<(f64, usize), LoaderError> {
     let mut settings = pipeline.loader.clone();
     settings.threads = threads;
-    let mut done = 0usize;
+    let per_epoch = if settings.drop_last {
+        split.len() as usize / settings.batch_size
+    } else {
+        (split.len() as usize).div_ceil(settings.batch_size)
+    };
+    if per_epoch == 0 {
+        return Err(LoaderError::Options(format!(
+            "the split has fewer records ({}) than one batch ({})",
+            split.len(),
+            settings.batch_size
+        )));
+    }
+    let loader = Loader::new(
+        split.clone(),
+        LoaderOptions {
+            settings,
+            mode: Mode::Train(pipeline.train.clone()),
+            epoch: 0,
+            epochs: (batches + 1).div_ceil(per_epoch) as u64,
+            rank: 0,
+            world: 1,
+        },
+    )?;
+    let bytes = loader.buffer_bytes();
     let mut images = 0usize;
     let mut started = None;
-    for epoch in 0.. {
-        let mut loader = Loader::new(
-            split.clone(),
-            LoaderOptions {
-                settings: settings.clone(),
-                mode: Mode::Train(pipeline.train.clone()),
-                epoch,
-                rank: 0,
-                world: 1,
-            },
-        )?;
-        let bytes = loader.buffer_bytes();
-        if loader.batches() == 0 {
-            return Err(LoaderError::Options(format!(
-                "the split has fewer records ({}) than one batch ({})",
-                split.len(),
-                settings.batch_size
-            )));
-        }
-        for batch in loader.by_ref() {
-            let batch = batch?;
-            if started.is_none() {
-                started = Some(Instant::now()); // the first batch is the warm-up
-                continue;
-            }
-            images += batch.len();
-            done += 1;
-            if done == batches {
-                let secs = started.unwrap().elapsed().as_secs_f64();
-                return Ok((images as f64 / secs, bytes));
-            }
+    for batch in loader.take(batches + 1) {
+        let batch = batch?;
+        match started {
+            None => started = Some(std::time::Instant::now()), // the warm-up batch
+            Some(_) => images += batch.len(),
         }
     }
-    unreachable!("the epoch loop only ends by returning")
+    let secs = started.expect("at least one batch").elapsed().as_secs_f64();
+    Ok((images as f64 / secs, bytes))
 }
 
 /// Runs the loader benchmark over `threads` (e.g. 1..=cores).

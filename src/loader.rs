@@ -54,7 +54,11 @@ impl Mode {
 pub struct LoaderOptions {
     pub settings: LoaderSettings,
     pub mode: Mode,
+    /// First epoch to load.
     pub epoch: u64,
+    /// Number of consecutive epochs to load (at least 1). Loading several keeps the buffers,
+    /// threads and prefetch queue warm across epoch boundaries; `Batch::epoch` tells them apart.
+    pub epochs: u64,
     /// This process's share of the epoch: `rank` of `world`.
     pub rank: usize,
     pub world: usize,
@@ -254,20 +258,20 @@ impl Loader {
         let crop = opts.mode.crop().ok_or_else(|| {
             LoaderError::Options("batches need a fixed size: set a centre crop".into())
         })? as usize;
+        if opts.epochs == 0 {
+            return Err(LoaderError::Options("epochs must be at least 1".into()));
+        }
         let lengths: Vec<u64> = split.shards.iter().map(|r| r.len() as u64).collect();
-        let order = epoch_order(
-            &lengths,
-            s.order,
-            s.window_shards,
-            s.seed,
-            opts.epoch,
-            opts.rank,
-            opts.world,
-        );
-        let samples = if s.drop_last {
-            order.len() / s.batch_size * s.batch_size
+        // Every epoch of one rank has the same length; only the order differs.
+        let per_rank = if opts.world > 1 {
+            split.len() as usize / opts.world
         } else {
-            order.len()
+            split.len() as usize
+        };
+        let samples = if s.drop_last {
+            per_rank / s.batch_size * s.batch_size
+        } else {
+            per_rank
         };
         let batches = samples.div_ceil(s.batch_size);
         let bs = s.batch_size;
@@ -310,14 +314,16 @@ impl Loader {
         let stopped = Arc::new(AtomicBool::new(false));
         let producer = Producer {
             split,
-            order,
+            lengths,
+            settings: s.clone(),
+            rank: opts.rank,
+            world: opts.world,
+            epochs: opts.epoch..opts.epoch + opts.epochs,
             samples,
             batch_size: bs,
             crop,
             output: s.output,
             mode: opts.mode.clone(),
-            seed: s.seed,
-            epoch: opts.epoch,
             stopped: stopped.clone(),
         };
         let handle = std::thread::Builder::new()
@@ -329,20 +335,20 @@ impl Loader {
             stop_tx: Some(stop_tx),
             stopped,
             handle: Some(handle),
-            batches,
+            batches: batches * opts.epochs as usize,
             samples,
             buffer_bytes,
             done: false,
         })
     }
 
-    /// Batches this epoch yields.
+    /// Batches the loader yields over all its epochs.
     pub fn batches(&self) -> usize {
         self.batches
     }
 
-    /// Samples this epoch yields.
-    pub fn samples(&self) -> usize {
+    /// Samples per epoch.
+    pub fn samples_per_epoch(&self) -> usize {
         self.samples
     }
 
@@ -388,14 +394,16 @@ impl Drop for Loader {
 
 struct Producer {
     split: Arc<PreparedSplit>,
-    order: Vec<u64>,
+    lengths: Vec<u64>,
+    settings: LoaderSettings,
+    rank: usize,
+    world: usize,
+    epochs: std::ops::Range<u64>,
     samples: usize,
     batch_size: usize,
     crop: usize,
     output: OutputKind,
     mode: Mode,
-    seed: u64,
-    epoch: u64,
     stopped: Arc<AtomicBool>,
 }
 
@@ -407,37 +415,69 @@ impl Producer {
         free_rx: Receiver<Buffers>,
         stop_rx: Receiver<()>,
     ) {
-        for (number, chunk) in self.order[..self.samples]
-            .chunks(self.batch_size)
-            .enumerate()
-        {
+        for epoch in self.epochs.clone() {
+            let s = &self.settings;
+            let order = epoch_order(
+                &self.lengths,
+                s.order,
+                s.window_shards,
+                s.seed,
+                epoch,
+                self.rank,
+                self.world,
+            );
+            if !self.run_epoch(
+                epoch,
+                &order[..self.samples],
+                &tx,
+                &free_tx,
+                &free_rx,
+                &stop_rx,
+            ) {
+                return;
+            }
+        }
+    }
+
+    /// One epoch's batches; false when the loader must stop.
+    fn run_epoch(
+        &self,
+        epoch: u64,
+        order: &[u64],
+        tx: &Sender<Result<Batch, LoaderError>>,
+        free_tx: &Sender<Buffers>,
+        free_rx: &Receiver<Buffers>,
+        stop_rx: &Receiver<()>,
+    ) -> bool {
+        for (number, chunk) in order.chunks(self.batch_size).enumerate() {
             let mut buf = select! {
-                recv(free_rx) -> b => match b { Ok(b) => b, Err(_) => return },
-                recv(stop_rx) -> _ => return,
+                recv(free_rx) -> b => match b { Ok(b) => b, Err(_) => return false },
+                recv(stop_rx) -> _ => return false,
             };
-            let result = self.fill(&mut buf, chunk);
+            let result = self.fill(&mut buf, chunk, epoch);
             let item = result.map(|()| Batch {
                 buf: Some(buf),
                 n: chunk.len(),
                 crop: self.crop,
                 output: self.output,
                 number,
-                epoch: self.epoch,
+                epoch,
                 recycle: free_tx.clone(),
             });
             let failed = item.is_err();
             select! {
-                send(tx, item) -> r => if r.is_err() { return },
-                recv(stop_rx) -> _ => return,
+                send(tx, item) -> r => if r.is_err() { return false },
+                recv(stop_rx) -> _ => return false,
             }
             if failed || self.stopped.load(Ordering::Relaxed) {
-                return;
+                return false;
             }
         }
+        true
     }
 
     /// Decodes and augments every sample of `chunk` into its slot of `buf`, in parallel.
-    fn fill(&self, buf: &mut Buffers, chunk: &[u64]) -> Result<(), LoaderError> {
+    fn fill(&self, buf: &mut Buffers, chunk: &[u64], epoch: u64) -> Result<(), LoaderError> {
         let per = 3 * self.crop * self.crop;
         for (j, &g) in chunk.iter().enumerate() {
             let (k, i) = self.split.locate(g);
@@ -458,18 +498,18 @@ impl Producer {
             OutputKind::F32Nchw => buf.f32[..n * per]
                 .par_chunks_mut(per)
                 .zip(chunk.par_iter())
-                .try_for_each(|(slot, &g)| self.sample(g, Output::F32Chw(slot))),
+                .try_for_each(|(slot, &g)| self.sample(g, epoch, Output::F32Chw(slot))),
             OutputKind::U8Nhwc => buf.u8[..n * per]
                 .par_chunks_mut(per)
                 .zip(buf.shift[..n * 3].par_chunks_mut(3))
                 .zip(chunk.par_iter())
                 .try_for_each(|((pixels, shift), &g)| {
-                    self.sample(g, Output::U8Hwc { pixels, shift })
+                    self.sample(g, epoch, Output::U8Hwc { pixels, shift })
                 }),
         }
     }
 
-    fn sample(&self, global: u64, out: Output<'_>) -> Result<(), LoaderError> {
+    fn sample(&self, global: u64, epoch: u64, out: Output<'_>) -> Result<(), LoaderError> {
         if self.stopped.load(Ordering::Relaxed) {
             return Ok(()); // the batch is discarded anyway
         }
@@ -482,7 +522,7 @@ impl Producer {
         })?;
         let result = with_scratch(|scratch| match &self.mode {
             Mode::Train(t) => {
-                let p = t.params(self.seed, self.epoch, global);
+                let p = t.params(self.settings.seed, epoch, global);
                 augment::train_sample(&rec, t, &p, scratch, out)
             }
             Mode::Eval(e) => augment::eval_sample(&rec, e, scratch, out),

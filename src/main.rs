@@ -383,6 +383,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     settings,
                     mode: Mode::Train(p.train.clone()),
                     epoch: *epoch,
+                    epochs: 1,
                     rank: 0,
                     world: 1,
                 },

@@ -54,6 +54,7 @@ fn options(
         settings,
         mode: Mode::Train(p.train.clone()),
         epoch,
+        epochs: 1,
         rank: 0,
         world: 1,
     }
@@ -95,6 +96,32 @@ fn batches_are_bit_identical_whatever_the_thread_count() {
     let mut all: Vec<u64> = one.iter().flat_map(|b| b.2.clone()).collect();
     all.sort();
     assert_eq!(all, (0..40).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_multi_epoch_loader_equals_one_loader_per_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (split, p) = prepared_toy(dir.path());
+    let mut separate = epoch(&split, options(&p, 2, 3, |_| {}));
+    separate.extend(epoch(&split, options(&p, 2, 4, |_| {})));
+    let mut o = options(&p, 2, 3, |_| {});
+    o.epochs = 2;
+    let loader = Loader::new(split.clone(), o).unwrap();
+    assert_eq!(loader.batches(), 10);
+    let mut epochs = Vec::new();
+    let joint: Vec<_> = loader
+        .map(|b| {
+            let b = b.unwrap();
+            epochs.push(b.epoch);
+            (
+                b.images().unwrap().iter().copied().collect::<Vec<f32>>(),
+                b.labels().to_vec(),
+                b.indices().to_vec(),
+            )
+        })
+        .collect();
+    assert!(joint == separate);
+    assert_eq!(epochs, [3, 3, 3, 3, 3, 4, 4, 4, 4, 4]);
 }
 
 #[test]
