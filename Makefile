@@ -24,6 +24,8 @@ demo: build
 	$(VGG) prepare synthetic-shapes
 	$(VGG) inspect synthetic-shapes
 	$(VGG) verify synthetic-shapes
+	$(VGG) preview pipelines/demo.toml --out runs/demo-preview.png --count 32
+	$(VGG) bench loader pipelines/demo.toml --batches 10
 	$(VGG) runtime
 
 lint:

@@ -2,7 +2,8 @@
 //!
 //! 1. JPEG records, the paper's multi-scale pipeline (S ~ U[256, 512], 224 crops, flip, PCA,
 //!    mean; float32 NCHW), against plain decoding of the same records at the same thread count.
-//! 2. Raw RGB8 records stored at a 256 shortest side, the S = 256 pipeline: no decode at all, so
+//! 2. The same with uint8 NHWC output (normalised on the device): a quarter of the bytes.
+//! 3. Raw RGB8 records stored at a 256 shortest side, the S = 256 pipeline: no decode at all, so
 //!    this measures the crop-box resize and the normalisation alone.
 //!
 //! Data: the real photos in `../shared/data/imagenet-sample-500` when present (prepared into a
@@ -115,8 +116,17 @@ fn main() {
     let jpeg = prepared(work.path(), &root, "jpeg", "shard_size = \"64MiB\"");
     table(
         "JPEG records, S ~ U[256,512], crop 224, f32 NCHW",
-        jpeg,
+        jpeg.clone(),
         &pipeline("vgg-jitter-256-512.toml", 32),
+        &threads,
+        30,
+    );
+    let mut u8_out = pipeline("vgg-jitter-256-512.toml", 32);
+    u8_out.loader.output = vgg::pipeline::OutputKind::U8Nhwc;
+    table(
+        "JPEG records, S ~ U[256,512], crop 224, u8 NHWC + shift",
+        jpeg.clone(),
+        &u8_out,
         &threads,
         30,
     );

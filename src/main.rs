@@ -415,6 +415,10 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 font_scale: if c >= 160 { 2 } else { 1 },
                 ..Default::default()
             };
+            if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+            }
             contact_sheet::write_png(out, &tiles, &opts)?;
             println!(
                 "{}: {} augmented samples of {name} (epoch {epoch}, pipeline {})",
