@@ -21,6 +21,8 @@ use vgg::registry::Registry;
 use vgg::source::Split;
 use vgg::store::PreparedSplit;
 
+mod common;
+
 fn prepared(work: &Path, root: &Path, name: &str, store: &str) -> Arc<PreparedSplit> {
     let shards = work.join(format!("shards-{name}"));
     let reg_path = work.join(format!("{name}.toml"));
@@ -88,25 +90,7 @@ fn table(title: &str, split: Arc<PreparedSplit>, p: &Pipeline, threads: &[usize]
 
 fn main() {
     let work = tempfile::tempdir().unwrap();
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagenet-sample-500");
-    let (root, what) = if shared.join("train").is_dir() {
-        (shared, "imagenet-sample-500 (real ImageNet photos)")
-    } else {
-        let root = work.path().join("synthetic");
-        let spec = vgg::source::synthetic::SyntheticSpec {
-            classes: 10,
-            train_per_class: 40,
-            val_per_class: 1,
-            min_short_side: 300,
-            max_short_side: 500,
-            ..Default::default()
-        };
-        vgg::source::synthetic::generate(&spec, &root).unwrap();
-        (
-            root,
-            "synthetic-shapes (generated; ../shared/data not found)",
-        )
-    };
+    let (root, what) = common::photos(work.path());
     let m = machine();
     println!(
         "# loader benchmark\nmachine: {} ({} cores, {})\ndata: {what}",

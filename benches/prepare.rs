@@ -18,17 +18,7 @@ use vgg::prepare::{prepare, PrepareOptions, Silent};
 use vgg::registry::Registry;
 use vgg::source::Split;
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
+mod common;
 
 fn files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -46,37 +36,16 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 
 fn main() {
     let work = tempfile::tempdir().unwrap();
-    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagenet-sample-500");
-    let (root, what) = match std::env::var_os("VGG_BENCH_DATA") {
-        Some(d) => (PathBuf::from(d), "VGG_BENCH_DATA".to_string()),
-        None if shared.join("train").is_dir() => {
-            (shared, "imagenet-sample-500 (real ImageNet photos)".into())
-        }
-        None => {
-            let root = work.path().join("synthetic");
-            let spec = vgg::source::synthetic::SyntheticSpec {
-                classes: 10,
-                train_per_class: 50,
-                val_per_class: 0,
-                min_short_side: 300,
-                max_short_side: 500,
-                ..Default::default()
-            };
-            vgg::source::synthetic::generate(&spec, &root).unwrap();
-            (
-                root,
-                "synthetic-shapes (generated; ../shared/data not found)".into(),
-            )
-        }
-    };
+    let (root, what) = common::photos(work.path());
     let list = files(&root.join("train"));
     let bytes: u64 = list
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let m = vgg::bench::machine();
+    let cores = m.cores;
     println!("# prepare benchmark");
-    println!("machine: {} ({} cores available)", cpu_model(), cores);
+    println!("machine: {} ({} cores available)", m.cpu, cores);
     println!(
         "vgg {} | image 0.25 (zune-jpeg) | jpeg-encoder 0.7 | fast_image_resize 6",
         env!("CARGO_PKG_VERSION")

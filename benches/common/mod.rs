@@ -1,0 +1,30 @@
+//! What the benchmarks share: where their photos come from.
+
+use std::path::{Path, PathBuf};
+
+/// The class-folder tree to measure on, and a description of it: `VGG_BENCH_DATA` when set,
+/// else the real ImageNet photos in `../shared/data/imagenet-sample-500` when present, else a
+/// generated synthetic set of photo-like sizes (written under `work`).
+pub fn photos(work: &Path) -> (PathBuf, String) {
+    if let Some(d) = std::env::var_os("VGG_BENCH_DATA") {
+        return (PathBuf::from(d), "VGG_BENCH_DATA".into());
+    }
+    let shared = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/imagenet-sample-500");
+    if shared.join("train").is_dir() {
+        return (shared, "imagenet-sample-500 (real ImageNet photos)".into());
+    }
+    let root = work.join("synthetic");
+    let spec = vgg::source::synthetic::SyntheticSpec {
+        classes: 10,
+        train_per_class: 50,
+        val_per_class: 1,
+        min_short_side: 300,
+        max_short_side: 500,
+        ..Default::default()
+    };
+    vgg::source::synthetic::generate(&spec, &root).expect("generate the synthetic bench set");
+    (
+        root,
+        "synthetic-shapes (generated; ../shared/data not found)".into(),
+    )
+}
