@@ -679,9 +679,17 @@ fn print_inspect(report: &store::InspectReport) {
         }
         println!("  classes ({}):", s.classes.len());
         let show = 20;
+        let wnid_w = s.classes.iter().map(|c| c.wnid.len()).max().unwrap_or(0);
+        let name_w = s
+            .classes
+            .iter()
+            .map(|c| c.name.len())
+            .max()
+            .unwrap_or(0)
+            .min(40);
         for c in s.classes.iter().take(show) {
             println!(
-                "    {:>4}  {:<12} {:<28} {}",
+                "    {:>4}  {:<wnid_w$}  {:<name_w$}  {:>8}",
                 c.index, c.wnid, c.name, c.records
             );
         }

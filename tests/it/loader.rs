@@ -284,3 +284,44 @@ fn the_shipped_pipelines_are_valid() {
     );
     assert_eq!(j.eval.scale, 384);
 }
+
+#[test]
+fn eval_batches_are_centre_crops_in_storage_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (split, p) = prepared_toy(dir.path());
+    let eval = vgg::augment::EvalTransform {
+        scale: 40,
+        crop: Some(28),
+        mean: vgg::augment::VGG_MEAN,
+    };
+    let mut o = options(&p, 2, 0, |s| {
+        s.order = Order::Sequential;
+        s.drop_last = false;
+        s.batch_size = 16;
+    });
+    o.mode = Mode::Eval(eval.clone());
+    let batches = epoch(&split, o);
+    assert_eq!(
+        batches.iter().map(|b| b.2.len()).collect::<Vec<_>>(),
+        [16, 16, 8]
+    );
+    let mut scratch = vgg::augment::Scratch::default();
+    let per = 3 * 28 * 28;
+    for (images, _, indices) in &batches {
+        for (j, &g) in indices.iter().enumerate() {
+            let (k, i) = split.locate(g);
+            let rec = split.shards[k].record(i).unwrap();
+            let mut want = vec![0f32; per];
+            vgg::augment::eval_sample(
+                &rec,
+                &eval,
+                &mut scratch,
+                vgg::augment::Output::F32Chw(&mut want),
+            )
+            .unwrap();
+            assert!(images[j * per..(j + 1) * per] == want[..], "record {g}");
+        }
+    }
+    let order: Vec<u64> = batches.iter().flat_map(|b| b.2.clone()).collect();
+    assert_eq!(order, (0..40).collect::<Vec<_>>());
+}
