@@ -9,7 +9,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::augment;
-use crate::loader::{epoch_order, with_scratch, Loader, LoaderError, LoaderOptions, Mode};
+use crate::loader::{
+    epoch_order, record, record_failure, with_scratch, Loader, LoaderError, LoaderOptions, Mode,
+};
 use crate::pipeline::Pipeline;
 use crate::store::PreparedSplit;
 
@@ -88,21 +90,9 @@ fn decode_rate(split: &PreparedSplit, records: &[u64], threads: usize) -> Result
     let t = Instant::now();
     pool.install(|| {
         records.par_iter().try_for_each(|&g| {
-            let (k, i) = split.locate(g);
-            let shard = &split.shards[k];
-            let rec = shard.record(i).map_err(|e| LoaderError::Shard {
-                shard: shard.path().to_path_buf(),
-                record: i,
-                message: e.to_string(),
-            })?;
-            with_scratch(|scratch| augment::decode_record(&rec, scratch).map(|_| ())).map_err(
-                |source| LoaderError::Record {
-                    shard: shard.path().to_path_buf(),
-                    record: i,
-                    key: rec.key.to_string(),
-                    source,
-                },
-            )
+            let rec = record(split, g)?;
+            with_scratch(|scratch| augment::decode_record(&rec, scratch).map(|_| ()))
+                .map_err(|source| record_failure(split, &rec, g, source))
         })
     })?;
     Ok(records.len() as f64 / t.elapsed().as_secs_f64())

@@ -29,6 +29,7 @@ use rayon::prelude::*;
 use crate::augment::{self, AugmentError, EvalTransform, Output, Scratch, TrainTransform};
 use crate::pipeline::{LoaderSettings, Order, OutputKind};
 use crate::rng::{Rng, Stream};
+use crate::shard::RecordRef;
 use crate::store::PreparedSplit;
 
 /// What the loader produces per sample.
@@ -85,6 +86,33 @@ pub enum LoaderError {
     Options(String),
     #[error("cannot start loader threads: {0}")]
     Threads(String),
+}
+
+/// Record `global` of `split`; a damaged index entry is an error naming its shard.
+pub fn record(split: &PreparedSplit, global: u64) -> Result<RecordRef<'_>, LoaderError> {
+    let (k, i) = split.locate(global);
+    let shard = &split.shards[k];
+    shard.record(i).map_err(|e| LoaderError::Shard {
+        shard: shard.path().to_path_buf(),
+        record: i,
+        message: e.to_string(),
+    })
+}
+
+/// The error for a record that failed to decode or augment, naming shard, record and key.
+pub fn record_failure(
+    split: &PreparedSplit,
+    rec: &RecordRef<'_>,
+    global: u64,
+    source: AugmentError,
+) -> LoaderError {
+    let (k, _) = split.locate(global);
+    LoaderError::Record {
+        shard: split.shards[k].path().to_path_buf(),
+        record: rec.index,
+        key: rec.key.to_string(),
+        source,
+    }
 }
 
 /// The record indices of one epoch for this rank, in order.
@@ -480,18 +508,8 @@ impl Producer {
     fn fill(&self, buf: &mut Buffers, chunk: &[u64], epoch: u64) -> Result<(), LoaderError> {
         let per = 3 * self.crop * self.crop;
         for (j, &g) in chunk.iter().enumerate() {
-            let (k, i) = self.split.locate(g);
             buf.indices[j] = g;
-            buf.labels[j] = match self.split.shards[k].record(i) {
-                Ok(r) => r.label as i64,
-                Err(e) => {
-                    return Err(LoaderError::Shard {
-                        shard: self.split.shards[k].path().to_path_buf(),
-                        record: i,
-                        message: e.to_string(),
-                    })
-                }
-            };
+            buf.labels[j] = record(&self.split, g)?.label as i64;
         }
         let n = chunk.len();
         match self.output {
@@ -513,13 +531,7 @@ impl Producer {
         if self.stopped.load(Ordering::Relaxed) {
             return Ok(()); // the batch is discarded anyway
         }
-        let (k, i) = self.split.locate(global);
-        let shard = &self.split.shards[k];
-        let rec = shard.record(i).map_err(|e| LoaderError::Shard {
-            shard: shard.path().to_path_buf(),
-            record: i,
-            message: e.to_string(),
-        })?;
+        let rec = record(&self.split, global)?;
         let result = with_scratch(|scratch| match &self.mode {
             Mode::Train(t) => {
                 let p = t.params(self.settings.seed, epoch, global);
@@ -527,12 +539,7 @@ impl Producer {
             }
             Mode::Eval(e) => augment::eval_sample(&rec, e, scratch, out),
         });
-        result.map_err(|source| LoaderError::Record {
-            shard: shard.path().to_path_buf(),
-            record: i,
-            key: rec.key.to_string(),
-            source,
-        })
+        result.map_err(|source| record_failure(&self.split, &rec, global, source))
     }
 }
 
