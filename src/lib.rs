@@ -18,6 +18,7 @@ pub mod contact_sheet;
 pub mod imaging;
 pub mod loader;
 pub mod manifest;
+pub mod model;
 pub mod pipeline;
 pub mod prepare;
 pub mod registry;

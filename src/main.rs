@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use vgg::bench;
 use vgg::contact_sheet::{self, SheetOptions, Tile};
 use vgg::loader::{Loader, LoaderOptions, Mode};
+use vgg::model::VggConfig;
 use vgg::pipeline::{OutputKind, Pipeline};
 use vgg::prepare::{self, Part, PrepareOptions, Progress};
 use vgg::registry::{self, Registry, SourceKind};
@@ -138,6 +139,11 @@ enum Command {
         #[arg(long, default_value_t = 8)]
         columns: u32,
     },
+    /// The VGG configurations: layer tables with shapes, parameters and FLOPs.
+    Model {
+        #[command(subcommand)]
+        what: ModelCommand,
+    },
     /// Throughput benchmarks, each with its baseline measured in the same run.
     Bench {
         #[command(subcommand)]
@@ -145,6 +151,24 @@ enum Command {
     },
     /// Show the ONNX Runtime library in use: path, version, execution providers.
     Runtime {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// A layer table (output shape, parameters, FLOPs per layer) and totals.
+    ///
+    /// CONFIG is a row of the paper's Table 1 (A, A-LRN, B, C, D, E) or a pipeline file whose
+    /// [model] table defines the network. JSON keys: parameters, flops, macs, weight_layers,
+    /// layers[...], config.
+    Summary {
+        /// A, A-LRN, B, C, D, E, or a pipeline file.
+        config: String,
+        /// Number of classes (default: 1000, or the pipeline's).
+        #[arg(long, value_name = "N")]
+        classes: Option<u32>,
         #[arg(long)]
         json: bool,
     },
@@ -488,6 +512,33 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Model {
+            what:
+                ModelCommand::Summary {
+                    config,
+                    classes,
+                    json,
+                },
+        } => {
+            let mut c = if VggConfig::paper(config).is_ok() || !Path::new(config).exists() {
+                VggConfig::paper(config)?
+            } else {
+                let p = Pipeline::load(Path::new(config))?;
+                p.model
+                    .clone()
+                    .with_context(|| format!("{config} has no [model] table"))?
+            };
+            if let Some(n) = classes {
+                c.classes = *n;
+            }
+            let s = c.summary();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_model_summary(&s);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Runtime { json } => {
             let info = vgg::runtime::info()?;
             if *json {
@@ -641,6 +692,41 @@ fn print_prepare_report(r: &prepare::SplitReport) {
         }
         None => println!("{}: other parts still missing; when all parts are done run `vgg prepare DATASET --split {} --merge`", r.split, r.split),
     }
+}
+
+fn print_model_summary(s: &vgg::model::Summary) {
+    let c = &s.config;
+    println!(
+        "VGG {}: {} weight layers, input {}x{}x{}, {} classes",
+        c.name, s.weight_layers, c.in_channels, c.input, c.input, c.classes
+    );
+    println!(
+        "{:<10} {:<28} {:>16} {:>14} {:>10}",
+        "layer", "", "output", "parameters", "GFLOPs"
+    );
+    for l in &s.layers {
+        let shape = l
+            .output
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("x");
+        println!(
+            "{:<10} {:<28} {:>16} {:>14} {:>10.3}",
+            l.name,
+            l.detail,
+            shape,
+            l.parameters,
+            2.0 * l.macs as f64 / 1e9
+        );
+    }
+    println!(
+        "total: {} parameters ({:.1} M), {:.2} GFLOPs ({:.2} G multiply-adds) per image",
+        s.parameters,
+        s.parameters as f64 / 1e6,
+        s.flops as f64 / 1e9,
+        s.macs as f64 / 1e9
+    );
 }
 
 fn print_inspect(report: &store::InspectReport) {

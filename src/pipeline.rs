@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{EvalTransform, Scale, TrainTransform, VGG_MEAN};
+use crate::model::{ModelError, VggConfig};
 
 /// Why a pipeline file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -271,7 +272,7 @@ struct RawPipeline {
     loader: LoaderSettings,
     train: TrainSection,
     eval: Option<EvalSection>,
-    /// Read by the model stage; kept verbatim here.
+    /// The network: a row of Table 1 and its overrides (see [`crate::model`]).
     model: Option<toml::Table>,
     /// Read by the trainer; kept verbatim here.
     optimizer: Option<toml::Table>,
@@ -288,7 +289,8 @@ pub struct Pipeline {
     pub stages: Vec<Stage>,
     pub train: TrainTransform,
     pub eval: EvalTransform,
-    pub model: Option<toml::Table>,
+    /// The network, validated; its input size equals the training crop.
+    pub model: Option<VggConfig>,
     pub optimizer: Option<toml::Table>,
 }
 
@@ -371,6 +373,28 @@ impl Pipeline {
                 }
             }
         };
+        let model = match &raw.model {
+            None => None,
+            Some(t) => {
+                let mut t = t.clone();
+                // The input size follows the training crop unless the file says otherwise.
+                t.entry("input")
+                    .or_insert_with(|| toml::Value::Integer(train.crop as i64));
+                let m = VggConfig::from_table(&t).map_err(|e| match e {
+                    ModelError::Invalid { key, message } => {
+                        invalid(&format!("model.{key}"), message)
+                    }
+                    other => invalid("model.config", other.to_string()),
+                })?;
+                if m.input != train.crop {
+                    return Err(invalid(
+                        "model.input",
+                        format!("{} differs from the training crop {}", m.input, train.crop),
+                    ));
+                }
+                Some(m)
+            }
+        };
         let name = raw.name.unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -385,7 +409,7 @@ impl Pipeline {
             stages,
             train,
             eval,
-            model: raw.model,
+            model,
             optimizer: raw.optimizer,
         })
     }
@@ -599,7 +623,8 @@ config = "D"
         // Jittered S tests at Q = 384 by default, as in the paper.
         assert_eq!(p.eval.scale, 384);
         assert_eq!(p.loader.batch_size, 32);
-        assert_eq!(p.model.as_ref().unwrap()["config"].as_str(), Some("D"));
+        let m = p.model.as_ref().unwrap();
+        assert_eq!((m.name.as_str(), m.input, m.classes), ("D", 224, 1000));
         let shapes = p.shapes(32);
         assert_eq!(shapes.last().unwrap().shape, "[32, 3, 224, 224] f32");
     }
@@ -658,6 +683,14 @@ config = "D"
         assert!(e.contains("needs normalize"), "{e}");
         let e = err(&GOOD.replace("batch_size = 32", "batch_size = 0"));
         assert!(e.contains("loader.batch_size"), "{e}");
+    }
+
+    #[test]
+    fn the_model_must_fit_the_crop() {
+        let e = err(&GOOD.replace("config = \"D\"", "config = \"D\"\ninput = 256"));
+        assert!(e.contains("model.input") && e.contains("224"), "{e}");
+        let e = err(&GOOD.replace("config = \"D\"", "config = \"Q\""));
+        assert!(e.contains("model.config") && e.contains("`Q`"), "{e}");
     }
 
     #[test]

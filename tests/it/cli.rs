@@ -282,3 +282,37 @@ fn a_pipeline_naming_an_unprepared_dataset_says_what_to_run() {
     assert!(err.contains("vgg prepare other"), "{}", text(&o));
     assert!(!dir.path().join("x.png").exists());
 }
+
+#[test]
+fn model_summary_json_has_the_paper_totals() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, params) in [
+        ("A", 132_863_336u64),
+        ("B", 133_047_848),
+        ("D", 138_357_544),
+        ("E", 143_667_240),
+    ] {
+        let o = vgg(&["model", "summary", config, "--json"], dir.path());
+        assert!(o.status.success(), "{}", text(&o));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["parameters"], params, "{config}");
+        assert!(v["flops"].as_u64().unwrap() > 10_000_000_000, "{config}");
+    }
+    // A pipeline file's [model] table: the demo's narrow A with a 10-class head at 64 pixels.
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/demo.toml");
+    let o = vgg(
+        &["model", "summary", demo.to_str().unwrap(), "--json"],
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["config"]["classes"], 10);
+    assert_eq!(v["config"]["input"], 64);
+    let o = vgg(&["model", "summary", "Z"], dir.path());
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("A, A-LRN, B, C, D, E"),
+        "{}",
+        text(&o)
+    );
+}

@@ -273,6 +273,11 @@ fn the_shipped_pipelines_are_valid() {
         if path.extension().is_some_and(|e| e == "toml") {
             let p = Pipeline::load(&path).unwrap_or_else(|e| panic!("{e}"));
             assert!(p.train.crop <= p.eval.scale, "{}", path.display());
+            let m = p
+                .model
+                .as_ref()
+                .unwrap_or_else(|| panic!("{} has no model", path.display()));
+            assert_eq!(m.input, p.train.crop, "{}", path.display());
             n += 1;
         }
     }
