@@ -17,37 +17,19 @@ use std::sync::Arc;
 use vgg::bench::{loader_bench, machine};
 use vgg::pipeline::Pipeline;
 use vgg::prepare::{prepare, PrepareOptions, Silent};
-use vgg::registry::Registry;
 use vgg::source::Split;
 use vgg::store::PreparedSplit;
 
 mod common;
 
 fn prepared(work: &Path, root: &Path, name: &str, store: &str) -> Arc<PreparedSplit> {
-    let shards = work.join(format!("shards-{name}"));
-    let reg_path = work.join(format!("{name}.toml"));
-    std::fs::write(
-        &reg_path,
-        format!(
-            "[datasets.{name}]\nsource = \"folder\"\nroot = \"{}\"\nshards = \"{}\"\n[datasets.{name}.store]\n{store}\n",
-            root.display(),
-            shards.display()
-        ),
-    )
-    .unwrap();
-    let reg = Registry::load(&reg_path).unwrap();
+    let spec = common::folder_dataset(work, root, name, store);
     let opts = PrepareOptions {
         splits: vec![Split::Train],
         ..Default::default()
     };
-    prepare(
-        reg.get(name).unwrap(),
-        &opts,
-        &Silent,
-        &AtomicBool::new(false),
-    )
-    .unwrap();
-    Arc::new(PreparedSplit::open(&shards.join("train")).unwrap())
+    prepare(&spec, &opts, &Silent, &AtomicBool::new(false)).unwrap();
+    Arc::new(PreparedSplit::open(&spec.shards.join("train")).unwrap())
 }
 
 fn pipeline(file: &str, batch: usize) -> Pipeline {

@@ -15,7 +15,6 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 use vgg::prepare::{prepare, PrepareOptions, Silent};
-use vgg::registry::Registry;
 use vgg::source::Split;
 
 mod common;
@@ -60,7 +59,6 @@ fn main() {
     for p in &list {
         let _ = std::fs::read(p);
     }
-    let registry_path = work.path().join("datasets.toml");
     println!();
     println!(
         "{:>8} {:>16} {:>16} {:>16} {:>10}",
@@ -83,30 +81,19 @@ fn main() {
         });
         let decode_rate = decoded as f64 / t.elapsed().as_secs_f64();
 
-        let shards = work.path().join(format!("shards-{threads}"));
-        std::fs::write(
-            &registry_path,
-            format!(
-                "[datasets.bench]\nsource = \"folder\"\nroot = \"{}\"\nshards = \"{}\"\n[datasets.bench.store]\nshard_size = \"64MiB\"\n",
-                root.display(),
-                shards.display()
-            ),
-        )
-        .unwrap();
-        let reg = Registry::load(&registry_path).unwrap();
+        let spec = common::folder_dataset(
+            work.path(),
+            &root,
+            &format!("bench-{threads}"),
+            "shard_size = \"64MiB\"",
+        );
         let opts = PrepareOptions {
             splits: vec![Split::Train],
             threads: Some(threads),
             ..Default::default()
         };
         let t = Instant::now();
-        let r = prepare(
-            reg.get("bench").unwrap(),
-            &opts,
-            &Silent,
-            &AtomicBool::new(false),
-        )
-        .unwrap();
+        let r = prepare(&spec, &opts, &Silent, &AtomicBool::new(false)).unwrap();
         let prep_rate = r[0].processed as f64 / t.elapsed().as_secs_f64();
         println!(
             "{threads:>8} {decode_rate:>16.1} {prep_rate:>16.1} {:>16.1} {:>10.2}",

@@ -507,31 +507,39 @@ impl Producer {
     /// Decodes and augments every sample of `chunk` into its slot of `buf`, in parallel.
     fn fill(&self, buf: &mut Buffers, chunk: &[u64], epoch: u64) -> Result<(), LoaderError> {
         let per = 3 * self.crop * self.crop;
-        for (j, &g) in chunk.iter().enumerate() {
-            buf.indices[j] = g;
-            buf.labels[j] = record(&self.split, g)?.label as i64;
-        }
         let n = chunk.len();
+        buf.indices[..n].copy_from_slice(chunk);
+        let labels = buf.labels[..n].par_iter_mut().zip(chunk.par_iter());
         match self.output {
             OutputKind::F32Nchw => buf.f32[..n * per]
                 .par_chunks_mut(per)
-                .zip(chunk.par_iter())
-                .try_for_each(|(slot, &g)| self.sample(g, epoch, Output::F32Chw(slot))),
+                .zip(labels)
+                .try_for_each(|(slot, (label, &g))| {
+                    self.sample(g, epoch, label, Output::F32Chw(slot))
+                }),
             OutputKind::U8Nhwc => buf.u8[..n * per]
                 .par_chunks_mut(per)
                 .zip(buf.shift[..n * 3].par_chunks_mut(3))
-                .zip(chunk.par_iter())
-                .try_for_each(|((pixels, shift), &g)| {
-                    self.sample(g, epoch, Output::U8Hwc { pixels, shift })
+                .zip(labels)
+                .try_for_each(|((pixels, shift), (label, &g))| {
+                    self.sample(g, epoch, label, Output::U8Hwc { pixels, shift })
                 }),
         }
     }
 
-    fn sample(&self, global: u64, epoch: u64, out: Output<'_>) -> Result<(), LoaderError> {
+    /// Augments record `global` into `out` and writes its class into `label`.
+    fn sample(
+        &self,
+        global: u64,
+        epoch: u64,
+        label: &mut i64,
+        out: Output<'_>,
+    ) -> Result<(), LoaderError> {
         if self.stopped.load(Ordering::Relaxed) {
             return Ok(()); // the batch is discarded anyway
         }
         let rec = record(&self.split, global)?;
+        *label = rec.label as i64;
         let result = with_scratch(|scratch| match &self.mode {
             Mode::Train(t) => {
                 let p = t.params(self.settings.seed, epoch, global);

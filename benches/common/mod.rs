@@ -1,4 +1,4 @@
-//! What the benchmarks share: where their photos come from.
+//! What the benchmarks share: where their photos come from, and a dataset over them.
 
 use std::path::{Path, PathBuf};
 
@@ -27,4 +27,26 @@ pub fn photos(work: &Path) -> (PathBuf, String) {
         root,
         "synthetic-shapes (generated; ../shared/data not found)".into(),
     )
+}
+
+/// A `folder` dataset named `name` over `root`, its shards in `work/shards-NAME`, with the store
+/// table `store` (TOML lines).
+pub fn folder_dataset(
+    work: &Path,
+    root: &Path,
+    name: &str,
+    store: &str,
+) -> vgg::registry::DatasetSpec {
+    let reg_path = work.join(format!("{name}.toml"));
+    std::fs::write(
+        &reg_path,
+        format!(
+            "[datasets.{name}]\nsource = \"folder\"\nroot = \"{}\"\nshards = \"{}\"\n[datasets.{name}.store]\n{store}\n",
+            root.display(),
+            work.join(format!("shards-{name}")).display()
+        ),
+    )
+    .expect("write the bench registry");
+    let reg = vgg::registry::Registry::load(&reg_path).expect("the bench registry is valid");
+    reg.get(name).expect("just written").clone()
 }
