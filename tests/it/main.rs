@@ -2,6 +2,7 @@
 
 mod cli;
 mod fixtures;
+mod gradients;
 mod loader;
 mod prepare;
 mod val_labels;

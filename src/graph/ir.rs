@@ -1,0 +1,475 @@
+//! A small graph builder over ONNX operators: the form in which the VGG graphs are written and
+//! differentiated before they become a protobuf `ModelProto`.
+//!
+//! A [`Graph`] is the ONNX graph itself (inputs, initializers, nodes in topological order,
+//! outputs), kept as plain Rust values so the differentiator can read and extend it; nothing here
+//! knows about VGG. Every tensor is named by a string, exactly as in ONNX, and the builder hands
+//! out fresh names so two nodes never write the same tensor. [`Graph::to_model`] lowers it to the
+//! generated protobuf types with an explicit IR version and opset, which every ONNX Runtime from
+//! 1.17 on accepts.
+
+use std::collections::HashSet;
+
+use prost::Message;
+
+use super::onnx;
+
+/// The ONNX opset every graph is written in.
+pub const OPSET: i64 = 17;
+/// The IR version that goes with [`OPSET`] (ONNX Runtime 1.31 accepts up to 13).
+pub const IR_VERSION: i64 = 8;
+
+/// Element types the graphs use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElemType {
+    F32,
+    F64,
+    U8,
+    I64,
+    Bool,
+}
+
+impl ElemType {
+    /// The `TensorProto.DataType` code.
+    pub fn onnx_code(self) -> i64 {
+        self.onnx() as i64
+    }
+
+    fn onnx(self) -> i32 {
+        use onnx::tensor_proto::DataType;
+        (match self {
+            ElemType::F32 => DataType::Float,
+            ElemType::F64 => DataType::Double,
+            ElemType::U8 => DataType::Uint8,
+            ElemType::I64 => DataType::Int64,
+            ElemType::Bool => DataType::Bool,
+        }) as i32
+    }
+}
+
+/// One dimension of a graph input or output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dim {
+    Fixed(i64),
+    /// A symbolic dimension such as `batch`.
+    Named(String),
+}
+
+impl From<i64> for Dim {
+    fn from(v: i64) -> Self {
+        Dim::Fixed(v)
+    }
+}
+
+impl From<&str> for Dim {
+    fn from(v: &str) -> Self {
+        Dim::Named(v.to_string())
+    }
+}
+
+/// A graph input or output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueInfo {
+    pub name: String,
+    pub elem: ElemType,
+    pub dims: Vec<Dim>,
+    pub doc: String,
+}
+
+/// Node attribute values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+    Float(f32),
+    Str(String),
+}
+
+/// One operator application.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub op: String,
+    pub name: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+    pub attrs: Vec<(String, Attr)>,
+}
+
+impl Node {
+    /// An integer attribute, or `default` when absent.
+    pub fn int(&self, key: &str, default: i64) -> i64 {
+        match self.attr(key) {
+            Some(Attr::Int(v)) => *v,
+            _ => default,
+        }
+    }
+
+    /// An integer-list attribute, or `default` when absent.
+    pub fn ints(&self, key: &str, default: &[i64]) -> Vec<i64> {
+        match self.attr(key) {
+            Some(Attr::Ints(v)) => v.clone(),
+            _ => default.to_vec(),
+        }
+    }
+
+    /// A float attribute, or `default` when absent.
+    pub fn float(&self, key: &str, default: f32) -> f32 {
+        match self.attr(key) {
+            Some(Attr::Float(v)) => *v,
+            _ => default,
+        }
+    }
+
+    fn attr(&self, key: &str) -> Option<&Attr> {
+        self.attrs.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+}
+
+/// Constant tensor data.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    I64(Vec<i64>),
+}
+
+/// A named constant (ONNX initializer).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Initializer {
+    pub name: String,
+    pub dims: Vec<i64>,
+    pub data: TensorData,
+}
+
+/// An ONNX graph under construction.
+#[derive(Debug, Clone, Default)]
+pub struct Graph {
+    pub name: String,
+    pub doc: String,
+    pub inputs: Vec<ValueInfo>,
+    pub outputs: Vec<ValueInfo>,
+    pub initializers: Vec<Initializer>,
+    pub nodes: Vec<Node>,
+    used: HashSet<String>,
+    counter: usize,
+}
+
+/// Builds an attribute list: `attrs![("axis", Attr::Int(1))]` reads worse than
+/// `&[("axis", 1.into())]`, so plain conversions are provided.
+impl From<i64> for Attr {
+    fn from(v: i64) -> Self {
+        Attr::Int(v)
+    }
+}
+
+impl From<Vec<i64>> for Attr {
+    fn from(v: Vec<i64>) -> Self {
+        Attr::Ints(v)
+    }
+}
+
+impl From<&[i64]> for Attr {
+    fn from(v: &[i64]) -> Self {
+        Attr::Ints(v.to_vec())
+    }
+}
+
+impl From<f32> for Attr {
+    fn from(v: f32) -> Self {
+        Attr::Float(v)
+    }
+}
+
+impl Graph {
+    pub fn new(name: &str) -> Self {
+        Graph {
+            name: name.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// A fresh tensor name starting with `hint`.
+    pub fn fresh(&mut self, hint: &str) -> String {
+        loop {
+            self.counter += 1;
+            let name = format!("{hint}__{}", self.counter);
+            if self.used.insert(name.clone()) {
+                return name;
+            }
+        }
+    }
+
+    /// Reserves an exact name (graph inputs, parameters, outputs); panics on a clash, which is a
+    /// bug in the graph's construction.
+    pub fn reserve(&mut self, name: &str) -> String {
+        assert!(
+            self.used.insert(name.to_string()),
+            "tensor `{name}` defined twice"
+        );
+        name.to_string()
+    }
+
+    /// Declares a graph input.
+    pub fn input(&mut self, name: &str, elem: ElemType, dims: Vec<Dim>, doc: &str) -> String {
+        let name = self.reserve(name);
+        self.inputs.push(ValueInfo {
+            name: name.clone(),
+            elem,
+            dims,
+            doc: doc.to_string(),
+        });
+        name
+    }
+
+    /// Declares `tensor` a graph output under the name `name` (an Identity when they differ).
+    pub fn output(&mut self, tensor: &str, name: &str, elem: ElemType, dims: Vec<Dim>, doc: &str) {
+        if tensor != name {
+            let name = self.reserve(name);
+            self.push("Identity", &[tensor], vec![name], &[]);
+        }
+        self.outputs.push(ValueInfo {
+            name: name.to_string(),
+            elem,
+            dims,
+            doc: doc.to_string(),
+        });
+    }
+
+    /// Adds a node with one output and returns that output's name.
+    pub fn op(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        self.push(op, inputs, vec![out.clone()], attrs);
+        out
+    }
+
+    /// Adds a node with one output named `name` (reserved here).
+    pub fn op_named(
+        &mut self,
+        name: &str,
+        op: &str,
+        inputs: &[&str],
+        attrs: &[(&str, Attr)],
+    ) -> String {
+        let out = self.reserve(name);
+        self.push(op, inputs, vec![out.clone()], attrs);
+        out
+    }
+
+    /// Adds a node with `n` outputs.
+    pub fn op_n(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        n: usize,
+        attrs: &[(&str, Attr)],
+    ) -> Vec<String> {
+        let outs: Vec<String> = (0..n).map(|_| self.fresh(&op.to_lowercase())).collect();
+        self.push(op, inputs, outs.clone(), attrs);
+        outs
+    }
+
+    fn push(&mut self, op: &str, inputs: &[&str], outputs: Vec<String>, attrs: &[(&str, Attr)]) {
+        let name = format!("{op}_{}", self.nodes.len());
+        self.nodes.push(Node {
+            op: op.to_string(),
+            name,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs,
+            attrs: attrs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
+        });
+    }
+
+    /// A constant tensor.
+    pub fn constant(&mut self, hint: &str, dims: &[i64], data: TensorData) -> String {
+        let name = self.fresh(hint);
+        self.initializer(&name, dims, data);
+        name
+    }
+
+    /// An initializer with an exact name (already reserved or reserved here).
+    pub fn initializer(&mut self, name: &str, dims: &[i64], data: TensorData) {
+        self.used.insert(name.to_string());
+        let n: i64 = dims.iter().product();
+        let len = match &data {
+            TensorData::F32(v) => v.len(),
+            TensorData::I64(v) => v.len(),
+        };
+        assert_eq!(n as usize, len, "initializer `{name}` has the wrong length");
+        self.initializers.push(Initializer {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            data,
+        });
+    }
+
+    /// A 1-D int64 constant (shapes, axes, pads).
+    pub fn ints(&mut self, values: &[i64]) -> String {
+        self.constant(
+            "ints",
+            &[values.len() as i64],
+            TensorData::I64(values.to_vec()),
+        )
+    }
+
+    /// A float32 scalar constant.
+    pub fn scalar(&mut self, value: f32) -> String {
+        self.constant("scalar", &[], TensorData::F32(vec![value]))
+    }
+
+    /// Lowers the graph to a protobuf model.
+    pub fn to_model(&self, producer_version: &str) -> onnx::ModelProto {
+        onnx::ModelProto {
+            ir_version: Some(IR_VERSION),
+            opset_import: vec![onnx::OperatorSetIdProto {
+                domain: Some(String::new()),
+                version: Some(OPSET),
+            }],
+            producer_name: Some("vgg".into()),
+            producer_version: Some(producer_version.into()),
+            doc_string: Some(self.doc.clone()),
+            graph: Some(self.to_proto()),
+            ..Default::default()
+        }
+    }
+
+    /// The serialized model (what `Session::commit_from_memory` and `.onnx` files hold).
+    pub fn encode(&self) -> Vec<u8> {
+        self.to_model(env!("CARGO_PKG_VERSION")).encode_to_vec()
+    }
+
+    fn to_proto(&self) -> onnx::GraphProto {
+        onnx::GraphProto {
+            name: Some(self.name.clone()),
+            node: self.nodes.iter().map(node_proto).collect(),
+            initializer: self.initializers.iter().map(tensor_proto).collect(),
+            input: self.inputs.iter().map(value_info).collect(),
+            output: self.outputs.iter().map(value_info).collect(),
+            ..Default::default()
+        }
+    }
+}
+
+fn node_proto(n: &Node) -> onnx::NodeProto {
+    use onnx::attribute_proto::AttributeType;
+    onnx::NodeProto {
+        input: n.inputs.clone(),
+        output: n.outputs.clone(),
+        name: Some(n.name.clone()),
+        op_type: Some(n.op.clone()),
+        domain: Some(String::new()),
+        attribute: n
+            .attrs
+            .iter()
+            .map(|(k, v)| {
+                let mut a = onnx::AttributeProto {
+                    name: Some(k.clone()),
+                    ..Default::default()
+                };
+                match v {
+                    Attr::Int(i) => {
+                        a.i = Some(*i);
+                        a.r#type = Some(AttributeType::Int as i32);
+                    }
+                    Attr::Ints(is) => {
+                        a.ints = is.clone();
+                        a.r#type = Some(AttributeType::Ints as i32);
+                    }
+                    Attr::Float(f) => {
+                        a.f = Some(*f);
+                        a.r#type = Some(AttributeType::Float as i32);
+                    }
+                    Attr::Str(s) => {
+                        a.s = Some(s.as_bytes().to_vec());
+                        a.r#type = Some(AttributeType::String as i32);
+                    }
+                }
+                a
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn tensor_proto(t: &Initializer) -> onnx::TensorProto {
+    let mut p = onnx::TensorProto {
+        name: Some(t.name.clone()),
+        dims: t.dims.clone(),
+        ..Default::default()
+    };
+    match &t.data {
+        TensorData::F32(v) => {
+            p.data_type = Some(ElemType::F32.onnx());
+            p.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
+        TensorData::I64(v) => {
+            p.data_type = Some(ElemType::I64.onnx());
+            p.raw_data = Some(v.iter().flat_map(|x| x.to_le_bytes()).collect());
+        }
+    }
+    p
+}
+
+fn value_info(v: &ValueInfo) -> onnx::ValueInfoProto {
+    use onnx::tensor_shape_proto::{dimension::Value, Dimension};
+    let dims = v
+        .dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Dim::Fixed(n) => Value::DimValue(*n),
+                Dim::Named(s) => Value::DimParam(s.clone()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    onnx::ValueInfoProto {
+        name: Some(v.name.clone()),
+        doc_string: (!v.doc.is_empty()).then(|| v.doc.clone()),
+        r#type: Some(onnx::TypeProto {
+            value: Some(onnx::type_proto::Value::TensorType(
+                onnx::type_proto::Tensor {
+                    elem_type: Some(v.elem.onnx()),
+                    shape: Some(onnx::TensorShapeProto { dim: dims }),
+                },
+            )),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowering_keeps_names_types_and_attributes() {
+        let mut g = Graph::new("t");
+        let x = g.input("x", ElemType::F32, vec!["batch".into(), 3.into()], "images");
+        let y = g.op("Relu", &[&x], &[]);
+        let z = g.op("Flatten", &[&y], &[("axis", 1i64.into())]);
+        g.output(&z, "z", ElemType::F32, vec!["batch".into(), 3.into()], "");
+        let bytes = g.encode();
+        let m = onnx::ModelProto::decode(bytes.as_slice()).unwrap();
+        assert_eq!(m.ir_version, Some(IR_VERSION));
+        assert_eq!(m.opset_import[0].version, Some(OPSET));
+        let gp = m.graph.unwrap();
+        assert_eq!(gp.node.len(), 3, "Relu, Flatten and the output Identity");
+        assert_eq!(gp.node[1].op_type.as_deref(), Some("Flatten"));
+        assert_eq!(gp.node[1].attribute[0].i, Some(1));
+        assert_eq!(gp.output[0].name.as_deref(), Some("z"));
+        assert_eq!(gp.input[0].doc_string.as_deref(), Some("images"));
+    }
+
+    #[test]
+    fn fresh_names_never_clash_with_reserved_ones() {
+        let mut g = Graph::new("t");
+        g.reserve("relu__1");
+        let a = g.fresh("relu");
+        let b = g.fresh("relu");
+        assert_ne!(a, "relu__1");
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,597 @@
+//! The VGG graphs of one configuration: forward (training input size), dense evaluation (the
+//! fully connected layers as convolutions, any input size) and the training step (forward,
+//! backward and SGD update in one graph), all over one parameter set.
+//!
+//! ## Parameters
+//! Names follow the paper's layers: `conv{block}_{i}.weight` `[out, in, k, k]` and `.bias`
+//! `[out]`, then `fc6`, `fc7`, `fc8` with `.weight` `[out, in]` and `.bias` `[out]` -- the
+//! layout of torchvision's `nn.Conv2d` and `nn.Linear`, so a tensor moves between the two
+//! projects unchanged; only the name differs ([`torchvision_name`]: `features.N.weight`,
+//! `classifier.N.weight`). `fc6.weight`'s inputs are the last feature map flattened in C, H, W
+//! order, which is what makes it the 7x7 convolution of the dense graph after a reshape.
+//!
+//! ## The training step
+//! Inputs: every parameter, a momentum buffer per parameter (`NAME.momentum`), the batch
+//! (`images`, float32 NCHW, or `pixels` uint8 NHWC plus `shift` [N, 3] from the loader's u8
+//! output), `labels` (int64), `learning_rate` (scalar) and the two dropout masks
+//! `dropout6`/`dropout7` ([N, fc], 0 or 1/(1-p): the trainer draws them from (seed, epoch,
+//! step), so a step is a pure function of its inputs and a run is reproducible). Outputs:
+//! `loss` (mean softmax cross-entropy of the batch), `top1_correct`, `top5_correct` (int64),
+//! `NAME.next` and `NAME.momentum.next`.
+//!
+//! The update is the one the paper's Caffe used: `v' = momentum * v - lr * (g + wd * w)`,
+//! `w' = w + v'`. With a fixed learning rate it equals PyTorch's form; at a learning-rate drop
+//! Caffe's keeps the velocity already accumulated (it is not rescaled by the new rate). Biases
+//! are not decayed by default: weight decay limits the size of the weights that shape the
+//! function, while a bias only shifts a unit's operating point, and decaying it buys nothing
+//! (Caffe's reference networks set `decay_mult: 0` on biases); [`StepOptions::decay_biases`]
+//! turns it on.
+
+use super::autodiff::{self, AutodiffError};
+use super::ir::{Dim, ElemType, Graph, TensorData};
+use crate::model::VggConfig;
+
+/// Weight or bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamKind {
+    Weight,
+    Bias,
+}
+
+/// Which layer a parameter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerType {
+    Conv,
+    Fc,
+}
+
+/// One parameter tensor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParamSpec {
+    /// `conv1_1.weight`, `fc8.bias`, ...
+    pub name: String,
+    /// `conv1_1`, `fc8`, ...
+    pub layer: String,
+    pub layer_type: LayerType,
+    pub kind: ParamKind,
+    pub shape: Vec<i64>,
+    /// Inputs per output unit (`in * k * k` for a conv), for initialisation.
+    pub fan_in: i64,
+    /// Outputs per input unit (`out * k * k` for a conv).
+    pub fan_out: i64,
+    /// Position among the network's weight layers, from 0 (conv1_1) to the last FC.
+    pub weight_layer: usize,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product::<i64>() as usize
+    }
+}
+
+/// Every parameter of `config`, in network order (weight before bias).
+pub fn parameters(config: &VggConfig) -> Vec<ParamSpec> {
+    let mut out = Vec::new();
+    let mut c = config.in_channels as i64;
+    let mut layer_index = 0;
+    let mut push = |layer: String, ty: LayerType, wshape: Vec<i64>, fan_in: i64, fan_out: i64| {
+        let units = wshape[0];
+        for (kind, shape) in [(ParamKind::Weight, wshape), (ParamKind::Bias, vec![units])] {
+            out.push(ParamSpec {
+                name: format!(
+                    "{layer}.{}",
+                    if kind == ParamKind::Weight {
+                        "weight"
+                    } else {
+                        "bias"
+                    }
+                ),
+                layer: layer.clone(),
+                layer_type: ty,
+                kind,
+                shape,
+                fan_in,
+                fan_out,
+                weight_layer: layer_index,
+            });
+        }
+        layer_index += 1;
+    };
+    for (b, block) in config.blocks.iter().enumerate() {
+        for (i, conv) in block.iter().enumerate() {
+            let k = conv.kernel as i64;
+            let co = conv.channels as i64;
+            push(
+                format!("conv{}_{}", b + 1, i + 1),
+                LayerType::Conv,
+                vec![co, c, k, k],
+                c * k * k,
+                co * k * k,
+            );
+            c = co;
+        }
+    }
+    let side = config.final_side() as i64;
+    let mut inputs = c * side * side;
+    for (i, w) in [config.fc, config.fc, config.classes]
+        .into_iter()
+        .enumerate()
+    {
+        let w = w as i64;
+        push(
+            format!("fc{}", i + 6),
+            LayerType::Fc,
+            vec![w, inputs],
+            inputs,
+            w,
+        );
+        inputs = w;
+    }
+    out
+}
+
+/// torchvision's `state_dict` key for a parameter of `config`: `features.N.weight` with N the
+/// module index in torchvision's `make_layers` (conv, ReLU, ..., MaxPool; an LRN, which
+/// torchvision's VGG lacks, counts as one module after the first ReLU), and `classifier.{0,3,6}`
+/// for fc6-fc8.
+pub fn torchvision_name(config: &VggConfig, param: &ParamSpec) -> String {
+    let suffix = match param.kind {
+        ParamKind::Weight => "weight",
+        ParamKind::Bias => "bias",
+    };
+    if param.layer_type == LayerType::Fc {
+        let n = param.weight_layer - conv_count(config);
+        return format!("classifier.{}.{suffix}", 3 * n);
+    }
+    let mut module = 0;
+    let mut seen = 0;
+    for block in &config.blocks {
+        for _ in block {
+            if seen == param.weight_layer {
+                return format!("features.{module}.{suffix}");
+            }
+            module += 2; // conv + ReLU
+            if seen == 0 && config.lrn.is_some() {
+                module += 1;
+            }
+            seen += 1;
+        }
+        module += 1; // MaxPool
+    }
+    unreachable!("{} is not a layer of {}", param.name, config.name)
+}
+
+fn conv_count(config: &VggConfig) -> usize {
+    config.blocks.iter().map(|b| b.len()).sum()
+}
+
+/// The batch input of a training step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputForm {
+    /// `images`: float32 [N, 3, S, S], already mean-subtracted.
+    F32Nchw,
+    /// `pixels`: uint8 [N, S, S, 3] and `shift`: float32 [N, 3] (`pca_shift - mean`).
+    U8Nhwc,
+}
+
+/// Settings baked into a training-step graph.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepOptions {
+    /// The step's fixed batch size.
+    pub batch: usize,
+    pub input: InputForm,
+    pub momentum: f32,
+    pub weight_decay: f32,
+    pub decay_biases: bool,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        StepOptions {
+            batch: 256,
+            input: InputForm::F32Nchw,
+            momentum: 0.9,
+            weight_decay: 5e-4,
+            decay_biases: false,
+        }
+    }
+}
+
+/// The suffix of a momentum buffer's name.
+pub const MOMENTUM: &str = ".momentum";
+/// The suffix of an updated tensor's output name.
+pub const NEXT: &str = ".next";
+
+fn declare_params(g: &mut Graph, params: &[ParamSpec]) {
+    for p in params {
+        g.input(
+            &p.name,
+            ElemType::F32,
+            p.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+            "",
+        );
+    }
+}
+
+/// The convolutional part: conv + ReLU (+ LRN) per layer, a 2x2 max-pool per block.
+fn features(g: &mut Graph, config: &VggConfig, x: &str) -> String {
+    let mut x = x.to_string();
+    let mut first = true;
+    for (b, block) in config.blocks.iter().enumerate() {
+        for (i, conv) in block.iter().enumerate() {
+            let layer = format!("conv{}_{}", b + 1, i + 1);
+            let k = conv.kernel as i64;
+            let p = (k - 1) / 2;
+            let y = g.op(
+                "Conv",
+                &[&x, &format!("{layer}.weight"), &format!("{layer}.bias")],
+                &[
+                    ("kernel_shape", vec![k, k].into()),
+                    ("pads", vec![p, p, p, p].into()),
+                ],
+            );
+            x = g.op("Relu", &[&y], &[]);
+            if first {
+                if let Some(l) = config.lrn {
+                    // AlexNet's convention has no 1/size factor; ONNX divides alpha by size.
+                    x = g.op(
+                        "LRN",
+                        &[&x],
+                        &[
+                            ("size", (l.size as i64).into()),
+                            ("alpha", (l.alpha * l.size as f32).into()),
+                            ("beta", l.beta.into()),
+                            ("bias", l.k.into()),
+                        ],
+                    );
+                }
+                first = false;
+            }
+        }
+        x = g.op(
+            "MaxPool",
+            &[&x],
+            &[
+                ("kernel_shape", vec![2, 2].into()),
+                ("strides", vec![2, 2].into()),
+            ],
+        );
+    }
+    x
+}
+
+/// fc6-fc8 on flattened features; `masks` multiplies the outputs of fc6 and fc7's ReLUs
+/// (dropout). Returns the logits.
+fn classifier(g: &mut Graph, features: &str, masks: Option<[&str; 2]>) -> String {
+    let mut x = g.op("Flatten", &[features], &[("axis", 1i64.into())]);
+    for (i, layer) in ["fc6", "fc7", "fc8"].into_iter().enumerate() {
+        let y = g.op(
+            "Gemm",
+            &[&x, &format!("{layer}.weight"), &format!("{layer}.bias")],
+            &[("transB", 1i64.into())],
+        );
+        x = if i < 2 {
+            let r = g.op("Relu", &[&y], &[]);
+            match masks {
+                Some(m) => g.op("Mul", &[&r, m[i]], &[]),
+                None => r,
+            }
+        } else {
+            y
+        };
+    }
+    x
+}
+
+/// Declares the image input of `form` and returns the network input (float32 NCHW).
+fn image_input(g: &mut Graph, form: InputForm, batch: Dim, side: Dim) -> String {
+    match form {
+        InputForm::F32Nchw => g.input(
+            "images",
+            ElemType::F32,
+            vec![batch, 3.into(), side.clone(), side],
+            "float32 NCHW, mean-subtracted (pixel + shift - mean, 0-255 scale)",
+        ),
+        InputForm::U8Nhwc => {
+            let pixels = g.input(
+                "pixels",
+                ElemType::U8,
+                vec![batch.clone(), side.clone(), side, 3.into()],
+                "uint8 NHWC crops",
+            );
+            let shift = g.input(
+                "shift",
+                ElemType::F32,
+                vec![batch, 3.into()],
+                "per-image RGB vector added to every pixel (PCA shift - mean)",
+            );
+            let f = g.op(
+                "Cast",
+                &[&pixels],
+                &[("to", (ElemType::F32.onnx_code()).into())],
+            );
+            let nchw = g.op("Transpose", &[&f], &[("perm", vec![0, 3, 1, 2].into())]);
+            let axes = g.ints(&[2, 3]);
+            let s = g.op("Unsqueeze", &[&shift, &axes], &[]);
+            g.op("Add", &[&nchw, &s], &[])
+        }
+    }
+}
+
+/// The forward graph: `images` [batch, 3, input, input] to `logits` and `probabilities`
+/// [batch, classes]. Parameters are graph inputs.
+pub fn forward_graph(config: &VggConfig) -> Graph {
+    let mut g = Graph::new(&format!("vgg-{}-forward", config.name));
+    g.doc = format!(
+        "VGG configuration {} (Simonyan & Zisserman 2014), forward pass at {}x{}",
+        config.name, config.input, config.input
+    );
+    let params = parameters(config);
+    let x = image_input(
+        &mut g,
+        InputForm::F32Nchw,
+        "batch".into(),
+        (config.input as i64).into(),
+    );
+    declare_params(&mut g, &params);
+    let f = features(&mut g, config, &x);
+    let logits = classifier(&mut g, &f, None);
+    let probs = g.op("Softmax", &[&logits], &[("axis", 1i64.into())]);
+    let out = vec![Dim::from("batch"), (config.classes as i64).into()];
+    g.output(
+        &logits,
+        "logits",
+        ElemType::F32,
+        out.clone(),
+        "class scores",
+    );
+    g.output(
+        &probs,
+        "probabilities",
+        ElemType::F32,
+        out,
+        "soft-max of the scores",
+    );
+    g
+}
+
+/// The dense-evaluation graph: the first FC layer as a `final_side` x `final_side` convolution
+/// and the other two as 1x1 convolutions over an image of any size at least the training input;
+/// the class score map is averaged spatially (`scores`), then soft-maxed (`probabilities`), as
+/// in the paper's Section 3.2. Same parameters as [`forward_graph`].
+pub fn dense_graph(config: &VggConfig) -> Graph {
+    let mut g = Graph::new(&format!("vgg-{}-dense", config.name));
+    g.doc = format!(
+        "VGG configuration {}, dense evaluation: FC layers as convolutions, any input of at least {}x{}",
+        config.name, config.input, config.input
+    );
+    let params = parameters(config);
+    let x = g.input(
+        "images",
+        ElemType::F32,
+        vec!["batch".into(), 3.into(), "height".into(), "width".into()],
+        "float32 NCHW, mean-subtracted, both sides at least the training input",
+    );
+    declare_params(&mut g, &params);
+    let mut h = features(&mut g, config, &x);
+    let last_c = params[params.len() - 6].shape[0];
+    let side = config.final_side() as i64;
+    let fc = config.fc as i64;
+    let layers = [
+        ("fc6", [fc, last_c, side, side]),
+        ("fc7", [fc, fc, 1, 1]),
+        ("fc8", [config.classes as i64, fc, 1, 1]),
+    ];
+    for (i, (layer, shape)) in layers.into_iter().enumerate() {
+        let s = g.ints(&shape);
+        let w = g.op("Reshape", &[&format!("{layer}.weight"), &s], &[]);
+        let y = g.op(
+            "Conv",
+            &[&h, &w, &format!("{layer}.bias")],
+            &[("kernel_shape", vec![shape[2], shape[3]].into())],
+        );
+        h = if i < 2 { g.op("Relu", &[&y], &[]) } else { y };
+    }
+    let scores = g.op(
+        "ReduceMean",
+        &[&h],
+        &[("axes", vec![2, 3].into()), ("keepdims", 0i64.into())],
+    );
+    let probs = g.op("Softmax", &[&scores], &[("axis", 1i64.into())]);
+    let out = vec![Dim::from("batch"), (config.classes as i64).into()];
+    g.output(
+        &scores,
+        "scores",
+        ElemType::F32,
+        out.clone(),
+        "spatially averaged class scores",
+    );
+    g.output(
+        &probs,
+        "probabilities",
+        ElemType::F32,
+        out,
+        "soft-max of the averaged scores",
+    );
+    g
+}
+
+/// The training-step graph (see the module documentation for its inputs and outputs).
+pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph, AutodiffError> {
+    let mut g = Graph::new(&format!("vgg-{}-train-step", config.name));
+    g.doc = format!(
+        "VGG configuration {}: one SGD step (forward, backward, update) on a batch of {}",
+        config.name, opts.batch
+    );
+    let n = opts.batch as i64;
+    let params = parameters(config);
+    let x = image_input(&mut g, opts.input, n.into(), (config.input as i64).into());
+    declare_params(&mut g, &params);
+    for p in &params {
+        g.input(
+            &format!("{}{MOMENTUM}", p.name),
+            ElemType::F32,
+            p.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
+            "",
+        );
+    }
+    let labels = g.input("labels", ElemType::I64, vec![n.into()], "class indices");
+    let lr = g.input("learning_rate", ElemType::F32, vec![], "");
+    let fc = config.fc as i64;
+    let m6 = g.input(
+        "dropout6",
+        ElemType::F32,
+        vec![n.into(), fc.into()],
+        "dropout mask after fc6: 0 or 1/(1-p)",
+    );
+    let m7 = g.input(
+        "dropout7",
+        ElemType::F32,
+        vec![n.into(), fc.into()],
+        "dropout mask after fc7: 0 or 1/(1-p)",
+    );
+
+    let f = features(&mut g, config, &x);
+    let logits = classifier(&mut g, &f, Some([&m6, &m7]));
+    let (loss, top1, top5) = loss_and_hits(&mut g, &logits, &labels, config.classes as i64, n);
+
+    let seed = g.scalar(1.0);
+    let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    let grads = autodiff::backward(&mut g, &[(&loss, &seed)], &names)?;
+
+    let momentum = g.scalar(opts.momentum);
+    let wd = g.scalar(opts.weight_decay);
+    for (p, grad) in params.iter().zip(&grads) {
+        let decays = opts.weight_decay != 0.0 && (p.kind == ParamKind::Weight || opts.decay_biases);
+        let grad = if decays {
+            let d = g.op("Mul", &[&p.name, &wd], &[]);
+            g.op("Add", &[grad, &d], &[])
+        } else {
+            grad.clone()
+        };
+        let v = format!("{}{MOMENTUM}", p.name);
+        let mv = g.op("Mul", &[&v, &momentum], &[]);
+        let step = g.op("Mul", &[&grad, &lr], &[]);
+        let v_next = g.op_named(&format!("{v}{NEXT}"), "Sub", &[&mv, &step], &[]);
+        let w_next = g.op_named(
+            &format!("{}{NEXT}", p.name),
+            "Add",
+            &[&p.name, &v_next],
+            &[],
+        );
+        let dims: Vec<Dim> = p.shape.iter().map(|&d| Dim::Fixed(d)).collect();
+        g.output(&w_next, &w_next, ElemType::F32, dims.clone(), "");
+        g.output(&v_next, &v_next, ElemType::F32, dims, "");
+    }
+    g.output(
+        &loss,
+        "loss",
+        ElemType::F32,
+        vec![],
+        "mean softmax cross-entropy",
+    );
+    g.output(
+        &top1,
+        "top1_correct",
+        ElemType::I64,
+        vec![],
+        "images whose top class is right",
+    );
+    g.output(
+        &top5,
+        "top5_correct",
+        ElemType::I64,
+        vec![],
+        "images with the right class in the top 5",
+    );
+    Ok(g)
+}
+
+/// Mean softmax cross-entropy, with LogSoftmax and a one-hot built from `Equal` (both providers
+/// run these; the CUDA provider lacks SoftmaxCrossEntropyLoss), and top-1/top-5 hit counts.
+/// Returns (loss, top1, top5).
+pub fn loss_and_hits(
+    g: &mut Graph,
+    logits: &str,
+    labels: &str,
+    classes: i64,
+    batch: i64,
+) -> (String, String, String) {
+    let ls = g.op("LogSoftmax", &[logits], &[("axis", 1i64.into())]);
+    let axes1 = g.ints(&[1]);
+    let lab = g.op("Unsqueeze", &[labels, &axes1], &[]);
+    let range = g.constant(
+        "class_range",
+        &[1, classes],
+        TensorData::I64((0..classes).collect()),
+    );
+    let eq = g.op("Equal", &[&lab, &range], &[]);
+    let onehot = g.op("Cast", &[&eq], &[("to", ElemType::F32.onnx_code().into())]);
+    let picked = g.op("Mul", &[&ls, &onehot], &[]);
+    let per_image = g.op(
+        "ReduceSum",
+        &[&picked, &axes1],
+        &[("keepdims", 0i64.into())],
+    );
+    let total = g.op("ReduceSum", &[&per_image], &[("keepdims", 0i64.into())]);
+    let scale = g.scalar(-1.0 / batch as f32);
+    let loss = g.op("Mul", &[&total, &scale], &[]);
+
+    let k = classes.min(5);
+    let kk = g.ints(&[k]);
+    let topk = g.op_n("TopK", &[logits, &kk], 2, &[("axis", 1i64.into())]);
+    let hit = g.op("Equal", &[&topk[1], &lab], &[]);
+    let hit = g.op("Cast", &[&hit], &[("to", ElemType::I64.onnx_code().into())]);
+    let top5 = g.op("ReduceSum", &[&hit], &[("keepdims", 0i64.into())]);
+    let (s, e) = (g.ints(&[0]), g.ints(&[1]));
+    let first = g.op("Slice", &[&hit, &s, &e, &axes1], &[]);
+    let top1 = g.op("ReduceSum", &[&first], &[("keepdims", 0i64.into())]);
+    (loss, top1, top5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_layout_matches_the_summary() {
+        for name in crate::model::PAPER_CONFIGS {
+            let c = VggConfig::paper(name).unwrap();
+            let total: usize = parameters(&c).iter().map(|p| p.numel()).sum();
+            assert_eq!(total as u64, c.summary().parameters, "{name}");
+        }
+    }
+
+    #[test]
+    fn torchvision_names_follow_make_layers() {
+        let d = VggConfig::paper("D").unwrap();
+        let p = parameters(&d);
+        let tv: Vec<String> = p.iter().map(|s| torchvision_name(&d, s)).collect();
+        // torchvision vgg16: convs at 0,2,5,7,10,12,14,17,19,21,24,26,28.
+        let convs = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28];
+        for (i, n) in convs.iter().enumerate() {
+            assert_eq!(tv[2 * i], format!("features.{n}.weight"));
+            assert_eq!(tv[2 * i + 1], format!("features.{n}.bias"));
+        }
+        assert_eq!(tv[26], "classifier.0.weight");
+        assert_eq!(tv[28], "classifier.3.weight");
+        assert_eq!(tv[31], "classifier.6.bias");
+        assert_eq!(p[26].shape, vec![4096, 25088]);
+        // vgg11: convs at 0,3,6,8,11,13,16,18.
+        let a = VggConfig::paper("A").unwrap();
+        let pa = parameters(&a);
+        let got: Vec<String> = pa
+            .iter()
+            .step_by(2)
+            .take(8)
+            .map(|s| torchvision_name(&a, s))
+            .collect();
+        let want: Vec<String> = [0, 3, 6, 8, 11, 13, 16, 18]
+            .iter()
+            .map(|n| format!("features.{n}.weight"))
+            .collect();
+        assert_eq!(got, want);
+    }
+}
