@@ -14,16 +14,22 @@
 
 pub mod augment;
 pub mod bench;
+pub mod checkpoint;
 pub mod contact_sheet;
+pub mod eval;
+pub mod graph;
 pub mod imaging;
+pub mod init;
 pub mod loader;
 pub mod manifest;
 pub mod model;
 pub mod pipeline;
+pub mod plot;
 pub mod prepare;
 pub mod registry;
 pub mod rng;
 pub mod runtime;
+pub mod session;
 pub mod shard;
 pub mod source;
 pub mod store;

@@ -222,7 +222,7 @@ fn reduce_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffErro
     let sx = g.op("Size", &[x], &[]);
     let sy = g.op("Size", &[y], &[]);
     let to = ("to", Attr::Int(super::ir::ElemType::F32.onnx_code()));
-    let fx = g.op("Cast", &[&sx], &[to.clone()]);
+    let fx = g.op("Cast", &[&sx], std::slice::from_ref(&to));
     let fy = g.op("Cast", &[&sy], &[to]);
     let count = g.op("Div", &[&fx, &fy], &[]);
     Ok(g.op("Div", &[&expanded, &count], &[]))
@@ -298,7 +298,7 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
         let perm = ("perm", Attr::Ints(vec![1, 0, 2, 3]));
         let rows = g.ints(&[0, -1]);
         // dY as [Cout, N*H*W].
-        let dyt = g.op("Transpose", &[dy], &[perm.clone()]);
+        let dyt = g.op("Transpose", &[dy], std::slice::from_ref(&perm));
         let dym = g.op("Reshape", &[&dyt, &rows], &[]);
         // X as [C, N, H, W], padded once.
         let xt = g.op("Transpose", &[x], &[perm]);

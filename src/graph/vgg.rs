@@ -376,7 +376,7 @@ pub fn dense_graph(config: &VggConfig) -> Graph {
     );
     declare_params(&mut g, &params);
     let mut h = features(&mut g, config, &x);
-    let last_c = params[params.len() - 6].shape[0];
+    let last_c = params[params.len() - 8].shape[0]; // the last conv's output channels
     let side = config.final_side() as i64;
     let fc = config.fc as i64;
     let layers = [

@@ -113,7 +113,7 @@ pub fn check(
     let y = f(&mut fwd, &names);
     let to = |t: ElemType| ("to", Attr::Int(t.onnx_code()));
     let y64 = fwd.op("Cast", &[&y], &[to(ElemType::F64)]);
-    let r64 = fwd.op("Cast", &[&"r".to_string()], &[to(ElemType::F64)]);
+    let r64 = fwd.op("Cast", &["r"], &[to(ElemType::F64)]);
     let prod = fwd.op("Mul", &[&y64, &r64], &[]);
     let total = fwd.op("ReduceSum", &[&prod], &[("keepdims", 0i64.into())]);
     fwd.output(&total, "objective", ElemType::F64, vec![], "");

@@ -3,6 +3,7 @@
 mod cli;
 mod fixtures;
 mod gradients;
+mod graphs;
 mod loader;
 mod prepare;
 mod val_labels;
