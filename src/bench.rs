@@ -130,6 +130,7 @@ fn pipeline_rate(
             epochs: (batches + 1).div_ceil(per_epoch) as u64,
             rank: 0,
             world: 1,
+            start_batch: 0,
         },
     )?;
     let bytes = loader.buffer_bytes();

@@ -63,6 +63,9 @@ pub struct LoaderOptions {
     /// This process's share of the epoch: `rank` of `world`.
     pub rank: usize,
     pub world: usize,
+    /// Batches of the first epoch to skip without loading them (resuming a run mid-epoch);
+    /// batch numbers keep counting from the epoch's start.
+    pub start_batch: usize,
 }
 
 /// Why the loader stopped.
@@ -347,6 +350,7 @@ impl Loader {
             rank: opts.rank,
             world: opts.world,
             epochs: opts.epoch..opts.epoch + opts.epochs,
+            start_batch: opts.start_batch,
             samples,
             batch_size: bs,
             crop,
@@ -363,7 +367,7 @@ impl Loader {
             stop_tx: Some(stop_tx),
             stopped,
             handle: Some(handle),
-            batches: batches * opts.epochs as usize,
+            batches: (batches * opts.epochs as usize).saturating_sub(opts.start_batch),
             samples,
             buffer_bytes,
             done: false,
@@ -427,6 +431,7 @@ struct Producer {
     rank: usize,
     world: usize,
     epochs: std::ops::Range<u64>,
+    start_batch: usize,
     samples: usize,
     batch_size: usize,
     crop: usize,
@@ -454,8 +459,14 @@ impl Producer {
                 self.rank,
                 self.world,
             );
+            let skip = if epoch == self.epochs.start {
+                self.start_batch
+            } else {
+                0
+            };
             if !self.run_epoch(
                 epoch,
+                skip,
                 &order[..self.samples],
                 &tx,
                 &free_tx,
@@ -471,13 +482,14 @@ impl Producer {
     fn run_epoch(
         &self,
         epoch: u64,
+        skip: usize,
         order: &[u64],
         tx: &Sender<Result<Batch, LoaderError>>,
         free_tx: &Sender<Buffers>,
         free_rx: &Receiver<Buffers>,
         stop_rx: &Receiver<()>,
     ) -> bool {
-        for (number, chunk) in order.chunks(self.batch_size).enumerate() {
+        for (number, chunk) in order.chunks(self.batch_size).enumerate().skip(skip) {
             let mut buf = select! {
                 recv(free_rx) -> b => match b { Ok(b) => b, Err(_) => return false },
                 recv(stop_rx) -> _ => return false,

@@ -410,6 +410,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     epochs: 1,
                     rank: 0,
                     world: 1,
+                    start_batch: 0,
                 },
             )?;
             let batch = loader.next().context("the split is empty")??;

@@ -149,6 +149,9 @@ pub struct Graph {
     pub outputs: Vec<ValueInfo>,
     pub initializers: Vec<Initializer>,
     pub nodes: Vec<Node>,
+    /// Prefix of the names of nodes added from now on (`forward/`, `backward/`, `update/`), so a
+    /// profile can split a step's time by phase.
+    pub phase: String,
     used: HashSet<String>,
     counter: usize,
 }
@@ -268,7 +271,7 @@ impl Graph {
     }
 
     fn push(&mut self, op: &str, inputs: &[&str], outputs: Vec<String>, attrs: &[(&str, Attr)]) {
-        let name = format!("{op}_{}", self.nodes.len());
+        let name = format!("{}{op}_{}", self.phase, self.nodes.len());
         self.nodes.push(Node {
             op: op.to_string(),
             name,

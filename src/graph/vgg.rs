@@ -453,13 +453,16 @@ pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph,
         "dropout mask after fc7: 0 or 1/(1-p)",
     );
 
+    g.phase = "forward/".into();
     let f = features(&mut g, config, &x);
     let logits = classifier(&mut g, &f, Some([&m6, &m7]));
     let (loss, top1, top5) = loss_and_hits(&mut g, &logits, &labels, config.classes as i64, n);
 
     let seed = g.scalar(1.0);
     let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    g.phase = "backward/".into();
     let grads = autodiff::backward(&mut g, &[(&loss, &seed)], &names)?;
+    g.phase = "update/".into();
 
     let momentum = g.scalar(opts.momentum);
     let wd = g.scalar(opts.weight_decay);

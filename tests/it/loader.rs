@@ -57,6 +57,7 @@ fn options(
         epochs: 1,
         rank: 0,
         world: 1,
+        start_batch: 0,
     }
 }
 
@@ -329,4 +330,24 @@ fn eval_batches_are_centre_crops_in_storage_order() {
     }
     let order: Vec<u64> = batches.iter().flat_map(|b| b.2.clone()).collect();
     assert_eq!(order, (0..40).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_loader_started_mid_epoch_gives_the_rest_of_that_epoch() {
+    // Resuming a run from a checkpoint taken after batch 2 must see exactly batches 2.. of the
+    // epoch (same samples, same augmentation), then the following epochs unchanged.
+    let dir = tempfile::tempdir().unwrap();
+    let (split, p) = prepared_toy(dir.path());
+    let mut whole = options(&p, 2, 3, |_| {});
+    whole.epochs = 2;
+    let mut resumed = whole.clone();
+    resumed.start_batch = 2;
+    let full = epoch(&split, whole);
+    let rest = epoch(&split, resumed.clone());
+    assert_eq!(full.len(), 10);
+    assert!(rest == full[2..], "a mid-epoch start changed the batches");
+    let loader = Loader::new(split.clone(), resumed).unwrap();
+    assert_eq!(loader.batches(), 8);
+    let numbers: Vec<usize> = loader.map(|b| b.unwrap().number).collect();
+    assert_eq!(numbers, vec![2, 3, 4, 0, 1, 2, 3, 4]);
 }
