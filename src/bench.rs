@@ -199,3 +199,124 @@ pub fn loader_bench(
         rows,
     })
 }
+
+/// `vgg bench train`: whole training loop vs the step alone vs the loader alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBenchReport {
+    pub machine: Machine,
+    pub pipeline: String,
+    pub config: String,
+    pub batch: usize,
+    pub steps: usize,
+    /// Loader + step, as `vgg train` runs them (the loader prefetches while a step runs).
+    pub loop_images_per_sec: f64,
+    /// The step alone, on one batch already in memory.
+    pub step_images_per_sec: f64,
+    /// The loader alone, draining batches as fast as it makes them.
+    pub loader_images_per_sec: f64,
+    /// `loader` or `step`: the slower of the two.
+    pub limited_by: String,
+    /// Loop throughput over the slower part's throughput (1.0: no overhead from running both).
+    pub efficiency: f64,
+}
+
+/// Times `steps` training steps three ways on the pipeline's network (see [`TrainBenchReport`]).
+pub fn train_bench(
+    p: &Pipeline,
+    split: Arc<PreparedSplit>,
+    session: &crate::session::SessionSettings,
+    steps: usize,
+) -> Result<TrainBenchReport, crate::train::TrainError> {
+    use crate::graph::vgg::{InputForm, StepOptions};
+    use crate::pipeline::OutputKind;
+    use crate::train::step::StepSession;
+    let config = crate::train::run::network(p)?;
+    let mut settings = p.loader.clone();
+    settings.drop_last = true;
+    let batch = settings.batch_size;
+    let params = crate::init::initialise(&config, crate::init::Init::Kaiming, settings.seed);
+    let momenta = crate::init::zero_momenta(&params);
+    let opts = StepOptions {
+        batch,
+        input: match settings.output {
+            OutputKind::F32Nchw => InputForm::F32Nchw,
+            OutputKind::U8Nhwc => InputForm::U8Nhwc,
+        },
+        momentum: p.optimizer.momentum,
+        weight_decay: p.optimizer.weight_decay,
+        decay_biases: p.optimizer.decay_biases,
+    };
+    let mut step = StepSession::new(
+        &config,
+        &opts,
+        p.optimizer.dropout,
+        &params,
+        &momenta,
+        session,
+    )?;
+    drop((params, momenta));
+    let loader = |epoch: u64| {
+        Loader::new(
+            split.clone(),
+            LoaderOptions {
+                settings: settings.clone(),
+                mode: Mode::Train(p.train.clone()),
+                epoch,
+                epochs: 1000,
+                rank: 0,
+                world: 1,
+                start_batch: 0,
+            },
+        )
+    };
+    // A small learning rate keeps the numbers finite over many steps on one batch.
+    let lr = 1e-4;
+    let seed = settings.seed;
+    // Loop: loader and step together, after two warm-up steps.
+    let mut it = loader(0)?;
+    for _ in 0..2 {
+        let b = it.next().expect("the loader runs for many epochs")?;
+        step.step(&b, lr, seed)?;
+    }
+    let t = Instant::now();
+    for _ in 0..steps {
+        let b = it.next().expect("the loader runs for many epochs")?;
+        step.step(&b, lr, seed)?;
+    }
+    let loop_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    // Step alone, on one batch.
+    let b = it.next().expect("the loader runs for many epochs")?;
+    drop(it);
+    step.step(&b, lr, seed)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        step.step(&b, lr, seed)?;
+    }
+    let step_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    drop(b);
+    // Loader alone.
+    let mut it = loader(1)?;
+    it.next().expect("the loader runs for many epochs")?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        it.next().expect("the loader runs for many epochs")?;
+    }
+    let loader_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    let (limited_by, slower) = if loader_ips < step_ips {
+        ("loader", loader_ips)
+    } else {
+        ("step", step_ips)
+    };
+    Ok(TrainBenchReport {
+        machine: machine(),
+        pipeline: p.name.clone(),
+        config: config.name.clone(),
+        batch,
+        steps,
+        loop_images_per_sec: loop_ips,
+        step_images_per_sec: step_ips,
+        loader_images_per_sec: loader_ips,
+        limited_by: limited_by.into(),
+        efficiency: loop_ips / slower,
+    })
+}

@@ -33,3 +33,4 @@ pub mod session;
 pub mod shard;
 pub mod source;
 pub mod store;
+pub mod train;

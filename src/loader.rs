@@ -478,7 +478,8 @@ impl Producer {
         }
     }
 
-    /// One epoch's batches; false when the loader must stop.
+    /// One epoch's batches from batch `skip` on; false when the loader must stop.
+    #[allow(clippy::too_many_arguments)] // the channels of `run`, passed through
     fn run_epoch(
         &self,
         epoch: u64,

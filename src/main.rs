@@ -12,6 +12,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
+mod commands;
+
 use vgg::bench;
 use vgg::contact_sheet::{self, SheetOptions, Tile};
 use vgg::loader::{Loader, LoaderOptions, Mode};
@@ -149,6 +151,12 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Train a VGG network with the paper's protocol: checkpoints, resume, metrics and plots.
+    Train(commands::train::Args),
+    /// Evaluate checkpoints with the paper's test protocols (dense, multi-crop, scales, fusion).
+    Eval(commands::eval::Args),
+    /// Convert weights between torchvision's VGG state_dict and this project's checkpoints.
+    Weights(commands::weights::Args),
     /// Show the ONNX Runtime library in use: path, version, execution providers.
     Runtime {
         #[arg(long)]
@@ -172,10 +180,35 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write the forward, dense-evaluation or training-step graph as an ONNX file.
+    Export(commands::export::Args),
 }
 
 #[derive(Subcommand)]
 enum BenchCommand {
+    /// Training throughput: the whole loop (loader + step) and, in the same run, the step alone
+    /// and the loader alone, so you see which one limits.
+    ///
+    /// JSON keys: loop_images_per_sec, step_images_per_sec, loader_images_per_sec, limited_by,
+    /// efficiency, batch, steps, config, machine.
+    Train {
+        /// Pipeline file with a [model] table.
+        pipeline: PathBuf,
+        /// Use this dataset instead of the pipeline's.
+        #[arg(long, value_name = "NAME")]
+        dataset: Option<String>,
+        /// Timed steps per measurement (after warm-up).
+        #[arg(long, default_value_t = 20, value_name = "K")]
+        steps: usize,
+        /// cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+        device: String,
+        /// ONNX Runtime intra-op threads (0: one per core).
+        #[arg(long, default_value_t = 0, value_name = "N")]
+        threads: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Loader images/s for the full pipeline vs plain decoding of the same records, per thread
     /// count (1..all cores).
     ///
@@ -198,7 +231,9 @@ enum BenchCommand {
     },
 }
 
-static CANCEL: AtomicBool = AtomicBool::new(false);
+/// Set by Ctrl-C; long commands poll it and stop cleanly.
+pub static CANCEL: std::sync::LazyLock<Arc<AtomicBool>> =
+    std::sync::LazyLock::new(|| Arc::new(AtomicBool::new(false)));
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -455,6 +490,51 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Bench {
             what:
+                BenchCommand::Train {
+                    pipeline,
+                    dataset,
+                    steps,
+                    device,
+                    threads,
+                    json,
+                },
+        } => {
+            let p = Pipeline::load(pipeline)?;
+            let (name, split) = open_train_split(cli, &p, dataset.as_deref())?;
+            let session = vgg::session::SessionSettings {
+                device: device.parse().map_err(anyhow::Error::msg)?,
+                threads: *threads,
+            };
+            anyhow::ensure!(*steps > 0, "--steps must be at least 1");
+            let r = bench::train_bench(&p, split, &session, *steps)?;
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!(
+                    "machine: {} ({} cores, {})",
+                    r.machine.cpu, r.machine.cores, r.machine.os
+                );
+                println!(
+                    "pipeline {} on {name}: network {}, batch {}, {} timed steps, {}",
+                    r.pipeline, r.config, r.batch, r.steps, session.device
+                );
+                println!("{:<28} {:>12}", "", "images/s");
+                println!(
+                    "{:<28} {:>12.1}",
+                    "loader + step (training)", r.loop_images_per_sec
+                );
+                println!("{:<28} {:>12.1}", "step alone", r.step_images_per_sec);
+                println!("{:<28} {:>12.1}", "loader alone", r.loader_images_per_sec);
+                println!(
+                    "limited by the {}; the loop runs at {:.0}% of it",
+                    r.limited_by,
+                    100.0 * r.efficiency
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            what:
                 BenchCommand::Loader {
                     pipeline,
                     dataset,
@@ -514,6 +594,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Model {
+            what: ModelCommand::Export(a),
+        } => commands::export::run(&common(cli), a),
+        Command::Model {
             what:
                 ModelCommand::Summary {
                     config,
@@ -540,6 +623,9 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Train(a) => commands::train::run(&common(cli), a),
+        Command::Eval(a) => commands::eval::run(&common(cli), a),
+        Command::Weights(a) => commands::weights::run(&common(cli), a),
         Command::Runtime { json } => {
             let info = vgg::runtime::info()?;
             if *json {
@@ -554,6 +640,13 @@ fn run(cli: &Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn common(cli: &Cli) -> commands::Common {
+    commands::Common {
+        datasets: cli.datasets.clone(),
+        quiet: cli.quiet,
     }
 }
 

@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::augment::{EvalTransform, Scale, TrainTransform, VGG_MEAN};
 use crate::model::{ModelError, VggConfig};
+use crate::train::settings::{self, OptimizerSettings, Schedule, TrainingSettings};
 
 /// Why a pipeline file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -274,8 +275,13 @@ struct RawPipeline {
     eval: Option<EvalSection>,
     /// The network: a row of Table 1 and its overrides (see [`crate::model`]).
     model: Option<toml::Table>,
-    /// Read by the trainer; kept verbatim here.
-    optimizer: Option<toml::Table>,
+    /// The trainer's settings (see [`crate::train::settings`]).
+    #[serde(default)]
+    optimizer: OptimizerSettings,
+    #[serde(default)]
+    schedule: Schedule,
+    #[serde(default)]
+    training: TrainingSettings,
 }
 
 /// A validated pipeline.
@@ -291,7 +297,9 @@ pub struct Pipeline {
     pub eval: EvalTransform,
     /// The network, validated; its input size equals the training crop.
     pub model: Option<VggConfig>,
-    pub optimizer: Option<toml::Table>,
+    pub optimizer: OptimizerSettings,
+    pub schedule: Schedule,
+    pub training: TrainingSettings,
 }
 
 /// The shape after each stage, for `vgg preview` and error messages.
@@ -395,6 +403,8 @@ impl Pipeline {
                 Some(m)
             }
         };
+        settings::validate(&raw.optimizer, &raw.schedule, &raw.training)
+            .map_err(|(key, message)| invalid(&key, message))?;
         let name = raw.name.unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
@@ -411,6 +421,8 @@ impl Pipeline {
             eval,
             model,
             optimizer: raw.optimizer,
+            schedule: raw.schedule,
+            training: raw.training,
         })
     }
 

@@ -307,6 +307,17 @@ impl Graph {
         });
     }
 
+    /// Turns the graph input `name` into a constant holding `data` (weights embedded in an
+    /// exported model). Returns false when there is no such input.
+    pub fn freeze(&mut self, name: &str, dims: &[i64], data: Vec<f32>) -> bool {
+        let Some(i) = self.inputs.iter().position(|v| v.name == name) else {
+            return false;
+        };
+        self.inputs.remove(i);
+        self.initializer(name, dims, TensorData::F32(data));
+        true
+    }
+
     /// A 1-D int64 constant (shapes, axes, pads).
     pub fn ints(&mut self, values: &[i64]) -> String {
         self.constant(

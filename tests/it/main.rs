@@ -1,9 +1,13 @@
 //! Integration tests: one binary, one module per capability.
 
 mod cli;
+mod eval;
+mod eval_cli;
 mod fixtures;
 mod gradients;
 mod graphs;
 mod loader;
 mod prepare;
+mod torchvision;
+mod train;
 mod val_labels;

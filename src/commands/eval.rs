@@ -1,0 +1,512 @@
+//! `vgg eval`: evaluates one or more checkpoints on a prepared split with the paper's test
+//! protocols (dense, multi-crop, both; several scales; flips; fusion of networks) and prints a
+//! table shaped like the paper's, next to the paper's own figure where it has one.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use vgg::augment::{Scale, VGG_MEAN};
+use vgg::eval::protocol::{
+    format_scales, format_table, paper_figure, parse_scales, test_scales, Protocol, ResultRow,
+    TopK, TrainScale,
+};
+use vgg::eval::run::{evaluate, EvalReport, EvalSettings, Network};
+use vgg::pipeline::Pipeline;
+use vgg::registry::Registry;
+use vgg::session::{Device, SessionSettings};
+use vgg::source::Split;
+use vgg::store::PreparedSplit;
+
+use super::Common;
+
+/// Where `vgg eval --help` explains the protocols (the variant's doc comment in main.rs
+/// provides the one-line summary, which replaces a struct-level long description).
+const LONG_HELP: &str = "\
+Each image is rescaled isotropically so its smallest side is Q, for every test scale Q in
+--scales, and the mean RGB is subtracted. Protocols (--protocol):
+  dense             the whole image through the fully convolutional network, class scores
+                    averaged spatially (the paper's Tables 3 and 4)
+  multi-crop        a --grid x --grid grid of crops of the network's input size (Table 5)
+  dense+multi-crop  both posteriors averaged with equal weight (Table 5)
+  centre            one centre crop per scale (torchvision's protocol; not in the paper)
+Unless --no-flip every view is averaged with its horizontal mirror. Posteriors are averaged
+over scales and, with several --checkpoint, over networks (fusion, Table 6).
+
+TARGET is a pipeline file (its dataset, its eval mean, and its training scale S, which sets
+the default test scales and the table's \"train (S)\" column) or a dataset name from the
+registry (the paper's mean RGB; S = 256 unless --train-scale). The split must be prepared
+(`vgg prepare NAME`), and the networks must have the dataset's number of classes.
+
+Default test scales follow the paper: Q = S for a fixed S, Q = (Smin + Smax) / 2 for scale
+jitter; with --multi-scale {S - 32, S, S + 32}, or {Smin, (Smin + Smax) / 2, Smax}.
+
+The table has one row per network and, with several, the fusion row (e.g. D+E); rows the
+paper reports (1000-class networks at 224 pixels) end with the paper's top-1 / top-5 error.
+
+JSON keys: top1_error, top5_error, images (fused), per_network[{name, path, config,
+top1_error, top5_error, images}], rows (the table, each with `paper`), protocol, scales,
+flip, grid, train_scale, dataset, split, seconds, images_per_sec, peak_rss_bytes,
+predictions[{index, label, top5[{class, posterior}], top1_correct, top5_correct}] (the
+fused posterior, in record order). Errors are fractions in 0..1.
+
+Examples:
+  vgg eval pipelines/vgg-jitter-256-512.toml --checkpoint runs/vgg-d/best.safetensors --multi-scale
+  vgg eval imagenet --checkpoint vgg16.safetensors --protocol centre --scales 256
+  vgg eval imagenet --checkpoint d.safetensors --checkpoint e.safetensors \\
+      --protocol dense+multi-crop --scales 256,384,512 --train-scale '[256;512]' --device cuda
+  vgg eval pipelines/demo.toml --checkpoint runs/demo/best.safetensors --limit 500 --json";
+
+/// The arguments of `vgg eval` (see [`LONG_HELP`]).
+#[derive(clap::Args)]
+#[command(after_long_help = LONG_HELP)]
+pub struct Args {
+    /// Pipeline file (pipelines/*.toml) or dataset name from the registry.
+    target: String,
+    /// Checkpoint to evaluate (safetensors, from `vgg train` or `vgg weights`); repeat the
+    /// option to fuse several networks (their posteriors averaged with equal weight).
+    #[arg(long = "checkpoint", value_name = "FILE", required = true)]
+    checkpoints: Vec<PathBuf>,
+    /// dense, multi-crop, dense+multi-crop or centre.
+    #[arg(long, default_value = "dense", value_name = "PROTOCOL")]
+    protocol: String,
+    /// Test scales Q, comma-separated, e.g. 256,384,512 (default: the paper's rule for the
+    /// training scale S; see --help). Each must be at least the network's input size.
+    #[arg(long, value_name = "Q,...")]
+    scales: Option<String>,
+    /// Default to the paper's three test scales for S instead of one.
+    #[arg(long, conflicts_with = "scales")]
+    multi_scale: bool,
+    /// The training scale S for the table and the default test scales: `256` or `[256;512]`
+    /// (default: the pipeline's; 256 for a dataset name).
+    #[arg(long, value_name = "S")]
+    train_scale: Option<String>,
+    /// Do not add the horizontal mirror of every view.
+    #[arg(long)]
+    no_flip: bool,
+    /// Crops per side of the multi-crop grid (the paper: 5, i.e. 25 crops, 50 with flips).
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    grid: u32,
+    /// Which prepared split to evaluate.
+    #[arg(long, value_enum, default_value = "val")]
+    split: SplitArg,
+    /// Use this dataset instead of the pipeline's.
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
+    /// Evaluate only the first N records of the split.
+    #[arg(long, value_name = "N")]
+    limit: Option<u64>,
+    /// cpu, cuda (device 0) or cuda:N. CUDA needs the GPU build of ONNX Runtime
+    /// (docs/onnxruntime.md).
+    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    device: String,
+    /// ONNX Runtime intra-op threads on the CPU (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// Most inputs per ONNX Runtime run: whole images (with their mirrors) for dense, crops
+    /// otherwise. Lower it if memory runs short at large scales.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    batch: usize,
+    /// Print the result as one JSON object (with per-image predictions).
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum SplitArg {
+    Val,
+    Train,
+}
+
+/// What the target resolved to.
+struct Target {
+    dataset: String,
+    mean: [f32; 3],
+    train: TrainScale,
+}
+
+pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
+    let protocol: Protocol = a.protocol.parse().map_err(anyhow::Error::msg)?;
+    let device: Device = a.device.parse().map_err(anyhow::Error::msg)?;
+    anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
+    anyhow::ensure!(a.grid > 0, "--grid must be at least 1");
+    let target = resolve(a)?;
+    let scales = match &a.scales {
+        Some(s) => parse_scales(s).map_err(anyhow::Error::msg)?,
+        None => {
+            if let (true, TrainScale::Fixed(s)) = (a.multi_scale, target.train) {
+                anyhow::ensure!(
+                    s > 32,
+                    "--multi-scale needs S > 32 (S - 32 is a test scale); give --scales"
+                );
+            }
+            test_scales(target.train, a.multi_scale)
+        }
+    };
+    let split = match a.split {
+        SplitArg::Val => Split::Val,
+        SplitArg::Train => Split::Train,
+    };
+    let reg = Registry::load(&c.datasets)?;
+    let spec = reg.get(&target.dataset)?;
+    let dir = spec.shards.join(split.name());
+    let name = &target.dataset;
+    let data = PreparedSplit::open(&dir).with_context(|| {
+        format!(
+            "the {split} split of dataset `{name}` is not prepared (run `vgg prepare {name}{}`)",
+            match split {
+                Split::Val => " --split val",
+                Split::Train => " --split train",
+            }
+        )
+    })?;
+
+    let mut nets = Vec::with_capacity(a.checkpoints.len());
+    for path in &a.checkpoints {
+        nets.push(Network::from_checkpoint(path)?);
+    }
+    // Networks named after their file stem: make equal stems (runs/a/best, runs/b/best)
+    // distinguishable by their path.
+    let mut stems: HashMap<String, usize> = HashMap::new();
+    for n in &nets {
+        *stems.entry(n.name.clone()).or_default() += 1;
+    }
+    for (n, path) in nets.iter_mut().zip(&a.checkpoints) {
+        if stems[&n.name] > 1 {
+            n.name = path.display().to_string();
+        }
+    }
+
+    let settings = EvalSettings {
+        protocol,
+        scales: scales.clone(),
+        flip: !a.no_flip,
+        grid: a.grid,
+        mean: target.mean,
+        limit: a.limit,
+        session: SessionSettings {
+            device,
+            threads: a.threads,
+        },
+        batch: a.batch,
+    };
+    let bar = progress_bar(c.quiet || a.json);
+    let mut progress = |done: u64, total: u64| {
+        if crate::CANCEL.load(Ordering::SeqCst) {
+            if let Some(b) = &bar {
+                b.abandon();
+            }
+            eprintln!("interrupted after {done} of {total} images; nothing was written");
+            std::process::exit(130);
+        }
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let report = evaluate(&data, &nets, &settings, &mut progress)?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+
+    let rows = table_rows(&nets, &report, target.train, &scales, protocol);
+    if a.json {
+        let v = json(a, &target, split, &nets, &report, &rows, &settings);
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{} images of {name}/{split}; protocol {protocol}, test scales {}, {}{}",
+        report.fused.images,
+        format_scales(&scales),
+        if settings.flip {
+            "with flips"
+        } else {
+            "no flips"
+        },
+        if matches!(protocol, Protocol::MultiCrop | Protocol::DenseMultiCrop) {
+            format!(", {0}x{0} crop grid", a.grid)
+        } else {
+            String::new()
+        }
+    );
+    for (i, (n, path)) in nets.iter().zip(&a.checkpoints).enumerate() {
+        let path = path.display().to_string();
+        let named = if n.name == path {
+            String::new()
+        } else {
+            format!(" ({})", n.name)
+        };
+        println!(
+            "network {}{named}: {}, {} classes, input {}, from {path}",
+            i + 1,
+            n.config.name,
+            n.config.classes,
+            n.config.input,
+        );
+    }
+    println!();
+    print!("{}", with_paper_figures(&format_table(&rows), &rows, &nets));
+    println!();
+    println!(
+        "{:.1} images/s ({:.1} s); peak RSS {}",
+        report.images_per_sec,
+        report.seconds,
+        report
+            .peak_rss_bytes
+            .map(crate::human_bytes)
+            .unwrap_or_else(|| "unknown".into())
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The dataset, mean and training scale the target implies, with the options applied.
+fn resolve(a: &Args) -> Result<Target> {
+    let path = Path::new(&a.target);
+    let mut t = if path.is_file() || a.target.ends_with(".toml") {
+        let p = Pipeline::load(path)?;
+        Target {
+            dataset: p.dataset.clone(),
+            mean: p.eval.mean,
+            train: match p.train.scale {
+                Scale::Fixed(s) => TrainScale::Fixed(s),
+                Scale::Jitter { min, max } => TrainScale::Jitter(min, max),
+            },
+        }
+    } else {
+        Target {
+            dataset: a.target.clone(),
+            mean: VGG_MEAN,
+            train: TrainScale::Fixed(256),
+        }
+    };
+    if let Some(d) = &a.dataset {
+        t.dataset = d.clone();
+    }
+    if let Some(s) = &a.train_scale {
+        t.train = s.parse().map_err(anyhow::Error::msg)?;
+    }
+    Ok(t)
+}
+
+fn progress_bar(hidden: bool) -> Option<ProgressBar> {
+    if hidden || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "  eval [{bar:32.cyan/blue}] {pos}/{len} images {per_sec:>14} ETA {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    Some(bar)
+}
+
+/// One row per network and, with several, the fusion row (`A+D`).
+fn table_rows(
+    nets: &[Network],
+    report: &EvalReport,
+    train: TrainScale,
+    scales: &[u32],
+    protocol: Protocol,
+) -> Vec<ResultRow> {
+    let mut rows: Vec<ResultRow> = nets
+        .iter()
+        .zip(&report.per_network)
+        .map(|(n, (_, topk))| ResultRow::new(n.config.name.clone(), train, scales, protocol, topk))
+        .collect();
+    if nets.len() > 1 {
+        let names: Vec<&str> = nets.iter().map(|n| n.config.name.as_str()).collect();
+        rows.push(ResultRow::new(
+            names.join("+"),
+            train,
+            scales,
+            protocol,
+            &report.fused,
+        ));
+    }
+    rows
+}
+
+/// The paper's `(top-1 %, top-5 %)` for a row, when it has one. Only for networks with the
+/// paper's 1000-class head at 224 pixels: a 10-class "A" is not the paper's A.
+fn paper(row: &ResultRow, nets: &[Network]) -> Option<(f64, f64)> {
+    let paper_like = nets
+        .iter()
+        .all(|n| n.config.classes == 1000 && n.config.input == 224);
+    if !paper_like {
+        return None;
+    }
+    let protocol: Protocol = row.protocol.parse().ok()?;
+    paper_figure(&row.config, &row.train_scale, &row.test_scales, protocol)
+}
+
+/// The table with `paper: top-1 / top-5` after each row the paper reports.
+fn with_paper_figures(table: &str, rows: &[ResultRow], nets: &[Network]) -> String {
+    let mut out = String::new();
+    // Header and rule, then one line per row.
+    for (i, line) in table.lines().enumerate() {
+        out.push_str(line);
+        if let Some(row) = i.checked_sub(2).and_then(|r| rows.get(r)) {
+            if let Some((t1, t5)) = paper(row, nets) {
+                out.push_str(&format!("  paper: {t1:.1} / {t5:.1}"));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn topk_json(t: &TopK) -> serde_json::Value {
+    serde_json::json!({
+        "top1_error": t.top1_error(),
+        "top5_error": t.top5_error(),
+        "images": t.images,
+        "top1_correct": t.top1_correct,
+        "top5_correct": t.top5_correct,
+    })
+}
+
+fn json(
+    a: &Args,
+    target: &Target,
+    split: Split,
+    nets: &[Network],
+    report: &EvalReport,
+    rows: &[ResultRow],
+    s: &EvalSettings,
+) -> serde_json::Value {
+    let per_network: Vec<serde_json::Value> = nets
+        .iter()
+        .zip(&a.checkpoints)
+        .zip(&report.per_network)
+        .map(|((n, path), (name, topk))| {
+            let mut v = topk_json(topk);
+            v["name"] = name.clone().into();
+            v["path"] = path.display().to_string().into();
+            v["config"] = n.config.name.clone().into();
+            v["classes"] = n.config.classes.into();
+            v["input"] = n.config.input.into();
+            v
+        })
+        .collect();
+    let rows: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            let mut v = serde_json::to_value(r).expect("rows serialise");
+            v["paper"] = match paper(r, nets) {
+                Some((t1, t5)) => {
+                    serde_json::json!({"top1_error": t1 / 100.0, "top5_error": t5 / 100.0})
+                }
+                None => serde_json::Value::Null,
+            };
+            v
+        })
+        .collect();
+    let predictions: Vec<serde_json::Value> = report
+        .images
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "index": p.index,
+                "label": p.label,
+                "top5": p.top5.iter().map(|&(class, posterior)| serde_json::json!({
+                    "class": class,
+                    "posterior": posterior,
+                })).collect::<Vec<_>>(),
+                "top1_correct": p.top1_correct,
+                "top5_correct": p.top5_correct,
+            })
+        })
+        .collect();
+    let mut v = topk_json(&report.fused);
+    let extra = serde_json::json!({
+        "per_network": per_network,
+        "rows": rows,
+        "protocol": s.protocol.name(),
+        "scales": s.scales,
+        "flip": s.flip,
+        "grid": s.grid,
+        "train_scale": target.train.to_string(),
+        "mean": s.mean,
+        "dataset": target.dataset,
+        "split": split.name(),
+        "limit": s.limit,
+        "device": s.session.device.to_string(),
+        "batch": s.batch,
+        "seconds": report.seconds,
+        "images_per_sec": report.images_per_sec,
+        "peak_rss_bytes": report.peak_rss_bytes,
+        "predictions": predictions,
+    });
+    if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
+        obj.extend(more);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vgg::model::VggConfig;
+
+    fn net(config: &str, classes: u32) -> Network {
+        let mut config = VggConfig::paper(config).unwrap();
+        config.classes = classes;
+        Network {
+            name: config.name.clone(),
+            config,
+            params: Vec::new(),
+        }
+    }
+
+    fn rows(nets: &[Network]) -> Vec<ResultRow> {
+        let report = EvalReport {
+            fused: TopK::default(),
+            per_network: nets
+                .iter()
+                .map(|n| (n.name.clone(), TopK::default()))
+                .collect(),
+            images: Vec::new(),
+            seconds: 0.0,
+            images_per_sec: 0.0,
+            peak_rss_bytes: None,
+        };
+        table_rows(
+            nets,
+            &report,
+            TrainScale::Jitter(256, 512),
+            &[256, 384, 512],
+            Protocol::DenseMultiCrop,
+        )
+    }
+
+    #[test]
+    fn paper_figures_follow_their_rows_for_paper_networks_only() {
+        let nets = [net("D", 1000), net("E", 1000)];
+        let r = rows(&nets);
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[2].config, "D+E");
+        let table = with_paper_figures(&format_table(&r), &r, &nets);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5);
+        assert!(!lines[0].contains("paper"), "{table}");
+        assert!(lines[2].ends_with("paper: 24.4 / 7.2"), "{table}");
+        assert!(lines[3].ends_with("paper: 24.4 / 7.1"), "{table}");
+        assert!(lines[4].ends_with("paper: 23.7 / 6.8"), "{table}");
+
+        // A 10-class "D" is not the paper's D.
+        let nets = [net("D", 10)];
+        let r = rows(&nets);
+        assert_eq!(r.len(), 1);
+        let table = with_paper_figures(&format_table(&r), &r, &nets);
+        assert!(!table.contains("paper"), "{table}");
+    }
+}

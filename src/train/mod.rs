@@ -1,0 +1,54 @@
+//! `vgg train`: the paper's training protocol on ONNX Runtime.
+//!
+//! - [`settings`]: the pipeline file's `[optimizer]`, `[schedule]` and `[training]` tables;
+//! - [`step`]: the training-step session, parameters kept inside ONNX Runtime;
+//! - [`schedule`]: the learning-rate schedule's state;
+//! - [`metrics`]: `metrics.jsonl` and the plots;
+//! - [`run`]: the loop that ties them to the loader, with checkpoints and resume.
+
+pub mod metrics;
+pub mod run;
+pub mod schedule;
+pub mod settings;
+pub mod step;
+
+pub use run::{train, Ending, Quiet, TrainOptions, TrainProgress, TrainState, TrainSummary};
+
+use std::path::PathBuf;
+
+/// Why training could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    #[error(transparent)]
+    Session(#[from] crate::session::SessionError),
+    #[error(transparent)]
+    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    #[error(transparent)]
+    Loader(#[from] crate::loader::LoaderError),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the loss became {loss} at step {step} (epoch {epoch}, batch {batch}): the run stopped; {}",
+        match checkpoint {
+            Some(p) => format!("the last good checkpoint is {} (lower the learning rate and resume)", p.display()),
+            None => "no checkpoint had been written yet".to_string(),
+        }
+    )]
+    NonFinite {
+        loss: f32,
+        epoch: u64,
+        batch: u64,
+        step: u64,
+        checkpoint: Option<PathBuf>,
+    },
+}

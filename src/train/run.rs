@@ -1,0 +1,554 @@
+//! The training loop: loader batches into the step session, validation after every epoch, the
+//! learning-rate schedule, checkpoints, metrics and plots, resume and clean stops.
+//!
+//! Run directory:
+//! - `last.safetensors`: parameters, momenta and [`TrainState`], written atomically at the end
+//!   of every epoch, every `checkpoint_every` steps and on Ctrl-C;
+//! - `best.safetensors`: the epoch with the best validation top-1 error so far;
+//! - `metrics.jsonl`, `plots.png` and `plots/`: see [`super::metrics`];
+//! - `pipeline.toml`: the pipeline file the run was started with.
+//!
+//! Reproducible by construction: the loader's order and augmentation derive from (seed, epoch,
+//! sample), the dropout masks from (seed, epoch, batch), initialisation from the seed, and the
+//! state saved with the parameters says where in which epoch the run stands; resuming from a
+//! checkpoint replays exactly the batches an uninterrupted run would have seen.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::metrics::{self, EpochRecord, MetricsLog, Record, StepRecord};
+use super::schedule::{Decision, ScheduleState};
+use super::step::StepSession;
+use super::TrainError;
+use crate::checkpoint::{Checkpoint, NamedTensor};
+use crate::eval::protocol::TopK;
+use crate::graph::vgg::{self as graphs, InputForm, StepOptions};
+use crate::init;
+use crate::loader::{Loader, LoaderOptions, Mode};
+use crate::model::VggConfig;
+use crate::pipeline::{OutputKind, Pipeline};
+use crate::session::{self, SessionSettings};
+use crate::store::PreparedSplit;
+
+/// Where a run stands; saved in every checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// The epoch in progress (or the next one, when `batch` is 0).
+    pub epoch: u64,
+    /// The next batch of `epoch` to train on.
+    pub batch: u64,
+    /// Steps taken so far.
+    pub step: u64,
+    pub schedule: ScheduleState,
+    pub seed: u64,
+    pub best_val_top1_error: Option<f64>,
+    pub best_epoch: Option<u64>,
+    /// Training time so far, over all resumes.
+    pub elapsed_seconds: f64,
+    /// The run ended (epoch count reached, or the schedule's last plateau).
+    pub finished: bool,
+    pub pipeline: String,
+}
+
+/// What a run is asked to do.
+pub struct TrainOptions {
+    pub pipeline: Pipeline,
+    pub train: Arc<PreparedSplit>,
+    /// Validation split (centre crop after every epoch); `None` skips validation.
+    pub val: Option<Arc<PreparedSplit>>,
+    pub out: PathBuf,
+    pub resume: bool,
+    pub session: SessionSettings,
+    /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub stop: Arc<AtomicBool>,
+    /// Replaces the learning rate, also when resuming (continue a diverged run at a lower
+    /// rate, or fine-tune at a new one).
+    pub lr: Option<f32>,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    /// The configured number of epochs ran.
+    Epochs,
+    /// The plateau after the schedule's last decrease.
+    Plateau,
+    /// Stopped on request; `last.safetensors` holds the position.
+    Interrupted,
+    /// Resumed a run that had already finished.
+    AlreadyFinished,
+}
+
+/// A finished (or stopped) run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    pub ending: Ending,
+    pub state: TrainState,
+    pub last_epoch: Option<EpochRecord>,
+    pub run_dir: PathBuf,
+    pub checkpoint: PathBuf,
+    pub plots: Vec<PathBuf>,
+}
+
+/// Progress callbacks (the binary draws bars; tests stay quiet).
+pub trait TrainProgress {
+    fn epoch_start(&mut self, _epoch: u64, _epochs: u64, _batches: u64, _first_batch: u64) {}
+    fn step(&mut self, _batch: u64, _loss: f32, _top1_error: f64, _images_per_sec: f64) {}
+    fn validating(&mut self, _images: u64) {}
+    fn epoch_end(&mut self, _record: &EpochRecord) {}
+    fn message(&mut self, _text: &str) {}
+}
+
+/// No output.
+pub struct Quiet;
+impl TrainProgress for Quiet {}
+
+pub const LAST: &str = "last.safetensors";
+pub const BEST: &str = "best.safetensors";
+
+/// The network a pipeline trains.
+pub fn network(p: &Pipeline) -> Result<VggConfig, TrainError> {
+    p.model.clone().ok_or_else(|| {
+        TrainError::Setup(format!(
+            "{} has no [model] table: say which network to train (e.g. config = \"A\")",
+            p.path.display()
+        ))
+    })
+}
+
+/// Parameters and momenta to start from: a checkpoint to resume, to fine-tune from, a
+/// pre-initialisation, or a fresh initialisation.
+pub fn starting_point(
+    o: &TrainOptions,
+    config: &VggConfig,
+) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>, TrainState), TrainError> {
+    let p = &o.pipeline;
+    let last = o.out.join(LAST);
+    if o.resume {
+        let ck = Checkpoint::load(&last)?;
+        if ck.config != *config {
+            return Err(TrainError::Setup(format!(
+                "{} holds configuration {:?}, the pipeline trains {:?}",
+                last.display(),
+                ck.config.name,
+                config.name
+            )));
+        }
+        let state: TrainState = ck
+            .state
+            .clone()
+            .ok_or_else(|| TrainError::Setup(format!("{} has no trainer state", last.display())))
+            .and_then(|s| {
+                serde_json::from_value(s).map_err(|e| {
+                    TrainError::Setup(format!("{}: trainer state: {e}", last.display()))
+                })
+            })?;
+        let momenta = ck.momenta.clone().ok_or_else(|| {
+            TrainError::Setup(format!("{} has no momentum buffers", last.display()))
+        })?;
+        return Ok((ck.params, momenta, state));
+    }
+    let t = &p.training;
+    let seed = p.loader.seed;
+    let params = if let Some(path) = &t.finetune_from {
+        let ck = Checkpoint::load(path)?;
+        if ck.config.layers() != config.layers() {
+            return Err(TrainError::Setup(format!(
+                "fine-tuning needs the same network: {} holds {}, the pipeline trains {}",
+                path.display(),
+                ck.config.name,
+                config.name
+            )));
+        }
+        ck.params
+    } else {
+        let mut params = init::initialise(config, t.init, seed);
+        if let Some(path) = &t.init_from {
+            let ck = Checkpoint::load(path)?;
+            init::pre_initialise(
+                config,
+                &mut params,
+                &ck.config,
+                &ck.params,
+                t.init_conv_layers,
+            )?;
+        }
+        params
+    };
+    let momenta = init::zero_momenta(&params);
+    let state = TrainState {
+        epoch: 0,
+        batch: 0,
+        step: 0,
+        schedule: ScheduleState::new(p.optimizer.lr),
+        seed,
+        best_val_top1_error: None,
+        best_epoch: None,
+        elapsed_seconds: 0.0,
+        finished: false,
+        pipeline: p.name.clone(),
+    };
+    Ok((params, momenta, state))
+}
+
+fn save(
+    path: &Path,
+    config: &VggConfig,
+    step: &StepSession,
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let (params, momenta) = step.download()?;
+    Checkpoint {
+        config: config.clone(),
+        params,
+        momenta: Some(momenta),
+        state: Some(serde_json::to_value(state).expect("state serialises")),
+    }
+    .save(path)?;
+    Ok(())
+}
+
+/// Trains as the pipeline says; see the module documentation.
+pub fn train(
+    o: TrainOptions,
+    progress: &mut dyn TrainProgress,
+) -> Result<TrainSummary, TrainError> {
+    let p = &o.pipeline;
+    let config = network(p)?;
+    std::fs::create_dir_all(&o.out).map_err(|e| TrainError::Io {
+        path: o.out.clone(),
+        source: e,
+    })?;
+    let (params, momenta, mut state) = starting_point(&o, &config)?;
+    if let Some(lr) = o.lr {
+        state.schedule.lr = lr;
+    }
+    let last_path = o.out.join(LAST);
+    let best_path = o.out.join(BEST);
+    if !o.resume {
+        let text = std::fs::read(&p.path).unwrap_or_default();
+        crate::manifest::write_atomic(&o.out.join("pipeline.toml"), &text).map_err(|e| {
+            TrainError::Io {
+                path: o.out.join("pipeline.toml"),
+                source: e,
+            }
+        })?;
+    }
+    let mut log = MetricsLog::open(&o.out, o.resume.then_some(state.step))?;
+    if state.finished {
+        return Ok(TrainSummary {
+            ending: Ending::AlreadyFinished,
+            state,
+            last_epoch: None,
+            run_dir: o.out.clone(),
+            checkpoint: last_path,
+            plots: Vec::new(),
+        });
+    }
+
+    let mut settings = p.loader.clone();
+    // A step is compiled for one batch size: the last, short batch of an epoch is dropped
+    // (its images come first in another epoch's order).
+    settings.drop_last = true;
+    let batch = settings.batch_size;
+    let opts = StepOptions {
+        batch,
+        input: match settings.output {
+            OutputKind::F32Nchw => InputForm::F32Nchw,
+            OutputKind::U8Nhwc => InputForm::U8Nhwc,
+        },
+        momentum: p.optimizer.momentum,
+        weight_decay: p.optimizer.weight_decay,
+        decay_biases: p.optimizer.decay_biases,
+    };
+    let mut step = StepSession::new(
+        &config,
+        &opts,
+        p.optimizer.dropout,
+        &params,
+        &momenta,
+        &o.session,
+    )?;
+    drop((params, momenta));
+    let mut validator = match &o.val {
+        Some(v) => Some(Validator::new(&config, p, v.clone(), &o.session)?),
+        None => None,
+    };
+
+    let epochs = p.training.epochs;
+    let started = Instant::now();
+    let elapsed_before = state.elapsed_seconds;
+    let elapsed = |st: &Instant| elapsed_before + st.elapsed().as_secs_f64();
+    let mut last_epoch = None;
+    let mut ending = Ending::Epochs;
+    let log_every = p.training.log_every;
+    'epochs: while state.epoch < epochs {
+        let epoch = state.epoch;
+        let loader = Loader::new(
+            o.train.clone(),
+            LoaderOptions {
+                settings: settings.clone(),
+                mode: Mode::Train(p.train.clone()),
+                epoch,
+                epochs: 1,
+                rank: 0,
+                world: 1,
+                start_batch: state.batch as usize,
+            },
+        )?;
+        let batches = (loader.batches() as u64) + state.batch;
+        if batches == 0 {
+            return Err(TrainError::Setup(format!(
+                "the training split has fewer images than one batch of {batch}"
+            )));
+        }
+        progress.epoch_start(epoch, epochs, batches, state.batch);
+        let epoch_start = Instant::now();
+        let (mut loss_sum, mut top, mut images) = (0f64, TopK::default(), 0u64);
+        let (mut window_t, mut window_images) = (Instant::now(), 0u64);
+        for b in loader {
+            let b = b?;
+            let lr = state.schedule.lr;
+            let r = step.step(&b, lr, state.seed)?;
+            if !r.loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    loss: r.loss,
+                    epoch,
+                    batch: b.number as u64,
+                    step: state.step,
+                    checkpoint: last_path.exists().then(|| last_path.clone()),
+                });
+            }
+            state.step += 1;
+            state.batch = b.number as u64 + 1;
+            let n = b.len() as u64;
+            images += n;
+            window_images += n;
+            loss_sum += r.loss as f64 * n as f64;
+            top.images += n;
+            top.top1_correct += r.top1_correct as u64;
+            top.top5_correct += r.top5_correct as u64;
+            let ips = window_images as f64 / window_t.elapsed().as_secs_f64().max(1e-9);
+            progress.step(
+                state.batch,
+                r.loss,
+                1.0 - r.top1_correct as f64 / n as f64,
+                ips,
+            );
+            if state.step % log_every == 0 {
+                log.append(&Record::Step(StepRecord {
+                    step: state.step,
+                    epoch,
+                    batch: state.batch,
+                    loss: r.loss as f64,
+                    top1_error: 1.0 - r.top1_correct as f64 / n as f64,
+                    top5_error: 1.0 - r.top5_correct as f64 / n as f64,
+                    lr: lr as f64,
+                    images_per_sec: ips,
+                    time: elapsed(&started),
+                }))?;
+                window_t = Instant::now();
+                window_images = 0;
+            }
+            let every = p.training.checkpoint_every;
+            if every > 0 && state.step % every == 0 {
+                state.elapsed_seconds = elapsed(&started);
+                save(&last_path, &config, &step, &state)?;
+            }
+            if o.stop.load(Ordering::SeqCst) {
+                state.elapsed_seconds = elapsed(&started);
+                save(&last_path, &config, &step, &state)?;
+                progress.message(&format!(
+                    "stopped at epoch {epoch}, batch {}: {} holds the position; --resume continues",
+                    state.batch,
+                    last_path.display()
+                ));
+                ending = Ending::Interrupted;
+                break 'epochs;
+            }
+        }
+        // The epoch is over.
+        let seconds = epoch_start.elapsed().as_secs_f64();
+        let (val_top1, val_top5, val_loss) = match validator.as_mut() {
+            Some(v) => {
+                progress.validating(v.images());
+                let (t, l) = v.run(&step)?;
+                (Some(t.top1_error()), Some(t.top5_error()), Some(l))
+            }
+            None => (None, None, None),
+        };
+        let lr = state.schedule.lr;
+        let decision = state.schedule.after_epoch(&p.schedule, epoch, val_top1);
+        let improved = val_top1.is_some_and(|e| state.best_val_top1_error.is_none_or(|b| e < b));
+        if improved {
+            state.best_val_top1_error = val_top1;
+            state.best_epoch = Some(epoch);
+        }
+        state.epoch += 1;
+        state.batch = 0;
+        if decision == Decision::Stop || state.epoch >= epochs {
+            state.finished = true;
+        }
+        state.elapsed_seconds = elapsed(&started);
+        let record = EpochRecord {
+            epoch,
+            step: state.step,
+            train_loss: loss_sum / images.max(1) as f64,
+            train_top1_error: top.top1_error(),
+            train_top5_error: top.top5_error(),
+            val_top1_error: val_top1,
+            val_top5_error: val_top5,
+            val_loss,
+            lr: lr as f64,
+            images_per_sec: images as f64 / seconds.max(1e-9),
+            seconds,
+            time: state.elapsed_seconds,
+        };
+        log.append(&Record::Epoch(record.clone()))?;
+        save(&last_path, &config, &step, &state)?;
+        if improved {
+            save(&best_path, &config, &step, &state)?;
+        }
+        progress.epoch_end(&record);
+        if let Decision::Decrease { from, to } = decision {
+            progress.message(&format!(
+                "learning rate {from:e} -> {to:e} (validation top-1 error stopped improving)"
+            ));
+        }
+        let plots =
+            metrics::read_records(log.path()).and_then(|r| metrics::write_plots(&o.out, &r))?;
+        let _ = plots;
+        last_epoch = Some(record);
+        if decision == Decision::Stop {
+            ending = Ending::Plateau;
+            break;
+        }
+    }
+    let records = metrics::read_records(log.path())?;
+    let plots = metrics::write_plots(&o.out, &records)?;
+    Ok(TrainSummary {
+        ending,
+        state,
+        last_epoch,
+        run_dir: o.out.clone(),
+        checkpoint: last_path,
+        plots,
+    })
+}
+
+/// Centre-crop validation through the forward graph, reading the step's current parameters
+/// where they live (no copy).
+struct Validator {
+    session: ort::session::Session,
+    split: Arc<PreparedSplit>,
+    pipeline: Pipeline,
+    names: Vec<String>,
+    classes: usize,
+}
+
+impl Validator {
+    fn new(
+        config: &VggConfig,
+        p: &Pipeline,
+        split: Arc<PreparedSplit>,
+        settings: &SessionSettings,
+    ) -> Result<Self, TrainError> {
+        let session = session::build(&graphs::forward_graph(config), settings)?;
+        Ok(Validator {
+            session,
+            split,
+            pipeline: p.clone(),
+            names: graphs::parameters(config)
+                .into_iter()
+                .map(|s| s.name)
+                .collect(),
+            classes: config.classes as usize,
+        })
+    }
+
+    fn images(&self) -> u64 {
+        let n = self.split.len();
+        self.pipeline.training.val_limit.map_or(n, |l| l.min(n))
+    }
+
+    /// Top-1/top-5 counts and the mean cross-entropy over the validation images.
+    fn run(&mut self, step: &StepSession) -> Result<(TopK, f64), TrainError> {
+        let p = &self.pipeline;
+        let crop = step.crop() as u32;
+        let mut eval = p.eval.clone();
+        eval.crop = Some(crop);
+        if eval.scale < crop {
+            eval.scale = crop;
+        }
+        let mut settings = p.loader.clone();
+        settings.output = OutputKind::F32Nchw;
+        settings.order = crate::pipeline::Order::Sequential;
+        settings.drop_last = false;
+        let loader = Loader::new(
+            self.split.clone(),
+            LoaderOptions {
+                settings,
+                mode: Mode::Eval(eval),
+                epoch: 0,
+                epochs: 1,
+                rank: 0,
+                world: 1,
+                start_batch: 0,
+            },
+        )?;
+        let limit = self.images();
+        let e = |what: &'static str| {
+            move |err: ort::Error| TrainError::Runtime(format!("validation {what}: {err}"))
+        };
+        let mut binding = self.session.create_binding().map_err(e("binding"))?;
+        for (name, t) in self.names.iter().zip(step.params()) {
+            binding.bind_input(name.as_str(), t).map_err(e("binding"))?;
+        }
+        let cpu = ort::memory::MemoryInfo::new(
+            ort::memory::AllocationDevice::CPU,
+            0,
+            ort::memory::AllocatorType::Device,
+            ort::memory::MemoryType::Default,
+        )
+        .map_err(e("memory"))?;
+        let (mut top, mut loss, mut seen) = (TopK::default(), 0f64, 0u64);
+        for b in loader {
+            let b = b?;
+            let images = b.images().expect("f32 batches");
+            let n = (b.len() as u64).min(limit - seen) as usize;
+            let shape = vec![n, images.shape()[1], images.shape()[2], images.shape()[3]];
+            let data = images.as_slice().expect("contiguous")[..n * shape[1] * shape[2] * shape[3]]
+                .to_vec();
+            let x = ort::value::Tensor::from_array((shape, data)).map_err(e("input"))?;
+            binding.bind_input("images", &x).map_err(e("input"))?;
+            binding
+                .bind_output_to_device("logits", &cpu)
+                .map_err(e("output"))?;
+            let outputs = self.session.run_binding(&binding).map_err(e("run"))?;
+            let (_, logits) = outputs["logits"]
+                .try_extract_tensor::<f32>()
+                .map_err(e("output"))?;
+            for (row, &label) in logits.chunks(self.classes).zip(b.labels()).take(n) {
+                top.add(row, label as usize);
+                let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+                let lse = max
+                    + row
+                        .iter()
+                        .map(|&v| (v as f64 - max).exp())
+                        .sum::<f64>()
+                        .ln();
+                loss += lse - row[label as usize] as f64;
+            }
+            seen += n as u64;
+            if seen >= limit {
+                break;
+            }
+        }
+        Ok((top, loss / seen.max(1) as f64))
+    }
+}

@@ -1,0 +1,365 @@
+//! `vgg train` end to end on a small generated dataset: learning well below chance, exact
+//! resume, a diverging run stopping with its checkpoint intact, Ctrl-C, and the paper's
+//! pre-initialisation of a deeper network from A.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use vgg::checkpoint::Checkpoint;
+use vgg::pipeline::Pipeline;
+use vgg::prepare::PrepareOptions;
+use vgg::registry::Registry;
+use vgg::session::SessionSettings;
+use vgg::source::Split;
+use vgg::store::PreparedSplit;
+use vgg::train::{self, Ending, Quiet, TrainError, TrainOptions};
+
+use crate::prepare::run;
+
+/// 4 shape classes in their own colours, 100 training and 25 validation images each, short
+/// sides 40-64.
+fn dataset(dir: &Path) -> (Arc<PreparedSplit>, Arc<PreparedSplit>) {
+    std::fs::write(
+        dir.join("datasets.toml"),
+        format!("[datasets.shapes]\nsource = \"synthetic\"\n[datasets.shapes.synthetic]\nclasses = 4\n\
+         train_per_class = {}\nval_per_class = 25\nclass_colours = true\nmin_short_side = 40\nmax_short_side = 64\n\
+         [datasets.shapes.store]\nmax_shortest_side = 64\n",
+        100
+    ))
+    .unwrap();
+    let reg = Registry::load(&dir.join("datasets.toml")).unwrap();
+    let spec = reg.get("shapes").unwrap();
+    run(
+        spec,
+        &PrepareOptions {
+            splits: vec![Split::Train, Split::Val],
+            ..Default::default()
+        },
+    );
+    let open = |s: &str| Arc::new(PreparedSplit::open(&spec.shards.join(s)).unwrap());
+    (open("train"), open("val"))
+}
+
+/// A 1/16-width VGG-A at 32x32 with a 4-class head.
+fn pipeline(dir: &Path, extra: &str) -> Pipeline {
+    let text = format!(
+        "dataset = \"shapes\"\n[model]\n{}\nclasses = 4\n\
+         [loader]\nbatch_size = 16\nprefetch = 2\nthreads = 1\nseed = 3\n\
+         [[train.stages]]\nkind = \"decode\"\n[[train.stages]]\nkind = \"scale_jitter\"\nmin = 36\nmax = 48\n\
+         [[train.stages]]\nkind = \"random_crop\"\nsize = 32\n[[train.stages]]\nkind = \"flip\"\n\
+         [[train.stages]]\nkind = \"pca_lighting\"\n[[train.stages]]\nkind = \"normalize\"\n\
+         [eval]\nscale = 40\ncrop = 32\n{extra}",
+        "config = \"A\"\nwidth = 0.0625"
+    );
+    let path = dir.join("p.toml");
+    std::fs::write(&path, &text).unwrap();
+    Pipeline::load(&path).unwrap()
+}
+
+fn options(
+    p: Pipeline,
+    data: &(Arc<PreparedSplit>, Arc<PreparedSplit>),
+    out: &Path,
+) -> TrainOptions {
+    TrainOptions {
+        pipeline: p,
+        train: data.0.clone(),
+        val: Some(data.1.clone()),
+        out: out.to_path_buf(),
+        resume: false,
+        session: SessionSettings {
+            threads: 1,
+            ..Default::default()
+        },
+        stop: Arc::new(AtomicBool::new(false)),
+        lr: None,
+    }
+}
+
+/// A recipe that learns this set in seconds: He initialisation, no dropout, lr 1e-3.
+const FAST: &str = "[optimizer]\nlr = 0.001\ndropout = 0.0\n[schedule]\nkind = \"constant\"\n\
+                    [training]\ninit = { kind = \"kaiming\" }\nlog_every = 2\n";
+
+#[test]
+fn a_short_run_learns_well_below_chance_and_writes_its_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("run");
+    let p = pipeline(dir.path(), &format!("{FAST}epochs = 15\n"));
+    let s = train::train(options(p, &data, &out), &mut Quiet).unwrap();
+    assert_eq!(s.ending, Ending::Epochs);
+    let e = s.last_epoch.unwrap();
+    let val = e.val_top1_error.unwrap();
+    assert!(val < 0.5, "validation top-1 error {val} (chance is 0.75)");
+    assert!(
+        e.train_loss < 1.1,
+        "train loss {} (ln 4 = 1.39 at chance)",
+        e.train_loss
+    );
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+        "plots.png",
+        "pipeline.toml",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let records = vgg::train::metrics::read_records(&out.join("metrics.jsonl")).unwrap();
+    let epochs = records
+        .iter()
+        .filter(|r| matches!(r, vgg::train::metrics::Record::Epoch(_)))
+        .count();
+    assert_eq!(epochs, 15);
+    let ck = Checkpoint::load(&out.join("last.safetensors")).unwrap();
+    assert_eq!(ck.state.unwrap()["finished"], true);
+}
+
+#[test]
+fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    // Dropout on, a step schedule that changes the rate at the epoch boundary, and a
+    // checkpoint mid-epoch: all of it must survive the resume.
+    let extra = "[optimizer]\nlr = 0.02\n[schedule]\nkind = \"step\"\nevery = 1\nfactor = 0.5\n\
+                 [training]\ninit = { kind = \"glorot\" }\ncheckpoint_every = 5\n";
+    let straight = dir.path().join("straight");
+    let p = pipeline(dir.path(), &format!("{extra}epochs = 2\n"));
+    train::train(options(p, &data, &straight), &mut Quiet).unwrap();
+
+    let resumed = dir.path().join("resumed");
+    let p = pipeline(dir.path(), &format!("{extra}epochs = 1\n"));
+    let first = train::train(options(p, &data, &resumed), &mut Quiet).unwrap();
+    assert!(first.state.finished);
+    // Raise the epoch count and resume: the second epoch continues the same run.
+    let p = pipeline(dir.path(), &format!("{extra}epochs = 2\n"));
+    let mut o = options(p, &data, &resumed);
+    o.resume = true;
+    let mut ck = Checkpoint::load(&resumed.join("last.safetensors")).unwrap();
+    // A finished run resumed with more epochs is no longer finished.
+    ck.state.as_mut().unwrap()["finished"] = serde_json::Value::Bool(false);
+    ck.save(&resumed.join("last.safetensors")).unwrap();
+    train::train(o, &mut Quiet).unwrap();
+
+    let a = Checkpoint::load(&straight.join("last.safetensors")).unwrap();
+    let b = Checkpoint::load(&resumed.join("last.safetensors")).unwrap();
+    assert_eq!(a.params, b.params, "parameters differ after resume");
+    assert_eq!(a.momenta, b.momenta, "momenta differ after resume");
+    assert_eq!(a.state.unwrap()["step"], b.state.unwrap()["step"]);
+}
+
+#[test]
+fn a_diverging_run_stops_and_leaves_the_last_good_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("run");
+    let p = pipeline(dir.path(), &format!("{FAST}epochs = 2\n"));
+    let mut o = options(p.clone(), &data, &out);
+    o.pipeline.training.epochs = 1;
+    train::train(o, &mut Quiet).unwrap();
+    let good = std::fs::read(out.join("last.safetensors")).unwrap();
+    let mut ck = Checkpoint::load(&out.join("last.safetensors")).unwrap();
+    ck.state.as_mut().unwrap()["finished"] = serde_json::Value::Bool(false);
+    ck.save(&out.join("last.safetensors")).unwrap();
+    let good_reset = std::fs::read(out.join("last.safetensors")).unwrap();
+    assert_ne!(good, good_reset);
+
+    let mut o = options(p, &data, &out);
+    o.resume = true;
+    o.lr = Some(1e12);
+    let err = train::train(o, &mut Quiet).unwrap_err();
+    match &err {
+        TrainError::NonFinite { checkpoint, .. } => {
+            assert_eq!(
+                checkpoint.as_deref(),
+                Some(out.join("last.safetensors").as_path())
+            )
+        }
+        other => panic!("expected a non-finite loss, got {other}"),
+    }
+    assert!(err.to_string().contains("last good checkpoint"), "{err}");
+    assert_eq!(
+        std::fs::read(out.join("last.safetensors")).unwrap(),
+        good_reset,
+        "the checkpoint changed"
+    );
+}
+
+#[test]
+fn a_stop_request_writes_a_checkpoint_at_the_current_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("run");
+    let p = pipeline(dir.path(), &format!("{FAST}epochs = 3\n"));
+    let o = options(p, &data, &out);
+    // Requested before the first step: the run stops after one step.
+    o.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let s = train::train(o, &mut Quiet).unwrap();
+    assert_eq!(s.ending, Ending::Interrupted);
+    let ck = Checkpoint::load(&out.join("last.safetensors")).unwrap();
+    let st = ck.state.unwrap();
+    assert_eq!(
+        (
+            st["epoch"].as_u64(),
+            st["batch"].as_u64(),
+            st["step"].as_u64()
+        ),
+        (Some(0), Some(1), Some(1))
+    );
+}
+
+#[test]
+fn a_checkpoint_of_a_pre_initialises_the_matching_layers_of_d() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("a");
+    let p = pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
+    train::train(options(p, &data, &out), &mut Quiet).unwrap();
+    let a = Checkpoint::load(&out.join("last.safetensors")).unwrap();
+
+    let text = std::fs::read_to_string(dir.path().join("p.toml"))
+        .unwrap()
+        .replace("config = \"A\"", "config = \"D\"")
+        .replace(
+            "epochs = 1",
+            &format!("epochs = 1\ninit_from = {:?}", out.join("last.safetensors")),
+        );
+    let path = dir.path().join("d.toml");
+    std::fs::write(&path, text).unwrap();
+    let d = Pipeline::load(&path).unwrap();
+    let config = d.model.clone().unwrap();
+    let o = options(d, &data, &dir.path().join("d"));
+    let (params, momenta, _) = train::run::starting_point(&o, &config).unwrap();
+    assert!(momenta.iter().all(|m| m.data.iter().all(|&v| v == 0.0)));
+    let copied = [
+        ("conv1_1", "conv1_1"),
+        ("conv2_1", "conv2_1"),
+        ("conv3_1", "conv3_1"),
+        ("conv3_2", "conv3_2"),
+        ("fc6", "fc6"),
+        ("fc7", "fc7"),
+        ("fc8", "fc8"),
+    ];
+    for t in &params {
+        let layer = t.name.split('.').next().unwrap();
+        let from_a = copied.iter().any(|(_, to)| *to == layer);
+        let a_t = a.param(&t.name);
+        if from_a {
+            assert_eq!(Some(t), a_t, "{} was not copied from A", t.name);
+        } else if let Some(a_t) = a_t {
+            assert_ne!(t.data, a_t.data, "{} should be freshly initialised", t.name);
+        }
+    }
+}
+
+#[test]
+fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
+    use vgg::graph::vgg::{self as graphs, StepOptions, MOMENTUM, NEXT};
+    use vgg::loader::{Loader, LoaderOptions, Mode};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let p = pipeline(
+        dir.path(),
+        "[optimizer]\ndropout = 0.5\n[training]\ninit = { kind = \"glorot\" }\n",
+    );
+    let config = p.model.clone().unwrap();
+    let params = vgg::init::initialise(&config, vgg::init::Init::Glorot, 1);
+    let momenta = vgg::init::zero_momenta(&params);
+    let opts = StepOptions {
+        batch: 16,
+        ..Default::default()
+    };
+    let settings = SessionSettings {
+        threads: 1,
+        ..Default::default()
+    };
+    let mut bound =
+        vgg::train::step::StepSession::new(&config, &opts, 0.5, &params, &momenta, &settings)
+            .unwrap();
+    let mut plain = vgg::session::build(
+        &graphs::train_step_graph(&config, &opts).unwrap(),
+        &settings,
+    )
+    .unwrap();
+    let mut state: Vec<crate::gradients::T> = params
+        .iter()
+        .chain(&momenta)
+        .map(|t| {
+            crate::gradients::T::new(
+                &t.name,
+                &t.shape.iter().map(|&d| d as i64).collect::<Vec<_>>(),
+                t.data.clone(),
+            )
+        })
+        .collect();
+    let mut s = p.loader.clone();
+    s.drop_last = true;
+    let loader = Loader::new(
+        data.0.clone(),
+        LoaderOptions {
+            settings: s,
+            mode: Mode::Train(p.train.clone()),
+            epoch: 0,
+            epochs: 1,
+            rank: 0,
+            world: 1,
+            start_batch: 0,
+        },
+    )
+    .unwrap();
+    for b in loader.take(3) {
+        let b = b.unwrap();
+        let r = bound.step(&b, 0.01, 7).unwrap();
+        // The same step by hand: masks as the session draws them.
+        let masks: Vec<crate::gradients::T> = (0..2)
+            .map(|i| {
+                let mut rng = vgg::rng::Rng::new(
+                    7,
+                    vgg::rng::Stream::Dropout,
+                    b.epoch,
+                    (b.number * 2 + i) as u64,
+                );
+                let data = (0..16 * config.fc as usize)
+                    .map(|_| if rng.next_f32() < 0.5 { 2.0 } else { 0.0 })
+                    .collect();
+                crate::gradients::T::new(
+                    &format!("dropout{}", 6 + i),
+                    &[16, config.fc as i64],
+                    data,
+                )
+            })
+            .collect();
+        let mut inputs = state.clone();
+        inputs.extend(masks);
+        inputs.push(crate::gradients::T::new(
+            "images",
+            &[16, 3, 32, 32],
+            b.images().unwrap().iter().copied().collect(),
+        ));
+        let extra = vec![
+            (
+                "labels".to_string(),
+                ort::value::Tensor::from_array(([16usize], b.labels().to_vec()))
+                    .unwrap()
+                    .into_dyn(),
+            ),
+            (
+                "learning_rate".to_string(),
+                ort::value::Tensor::from_array((Vec::<usize>::new(), vec![0.01f32]))
+                    .unwrap()
+                    .into_dyn(),
+            ),
+        ];
+        let out = crate::gradients::run(&mut plain, &inputs, extra);
+        assert_eq!(out["loss"][0], r.loss, "batch {}", b.number);
+        for t in state.iter_mut() {
+            t.data = out[&format!("{}{NEXT}", t.name)].clone();
+        }
+    }
+    let (p2, m2) = bound.download().unwrap();
+    for (t, s) in p2.iter().chain(&m2).zip(&state) {
+        assert_eq!(t.data, s.data, "{}", t.name);
+    }
+    let _ = MOMENTUM;
+}
