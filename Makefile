@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   generate, prepare, inspect and verify the embedded synthetic dataset
+#   make demo   prepare the embedded synthetic dataset, train a small VGG on it and evaluate it
 #   make test   the whole test suite (formatting, lints, unit and integration tests)
 SHELL := bash
 CARGO ?= cargo
@@ -27,6 +27,11 @@ demo: build
 	$(VGG) preview pipelines/demo.toml --out runs/demo-preview.png --count 32
 	$(VGG) bench loader pipelines/demo.toml --batches 10
 	$(VGG) runtime
+	$(VGG) model summary pipelines/demo.toml
+	rm -rf runs/demo
+	$(VGG) train pipelines/demo.toml --out runs/demo
+	$(VGG) eval pipelines/demo.toml --checkpoint runs/demo/best.safetensors --protocol dense+multi-crop
+	$(VGG) model export pipelines/demo.toml --dense --weights runs/demo/best.safetensors --out runs/demo/demo-dense.onnx
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -38,6 +43,7 @@ test: setup lint
 bench: setup
 	$(CARGO) bench --locked --bench prepare
 	$(CARGO) bench --locked --bench loader
+	$(CARGO) bench --locked --bench train_step
 
 clean-demo:
 	rm -rf data/synthetic-shapes shards/synthetic-shapes

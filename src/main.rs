@@ -151,11 +151,8 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
-    /// Train a VGG network with the paper's protocol: checkpoints, resume, metrics and plots.
     Train(commands::train::Args),
-    /// Evaluate checkpoints with the paper's test protocols (dense, multi-crop, scales, fusion).
     Eval(commands::eval::Args),
-    /// Convert weights between torchvision's VGG state_dict and this project's checkpoints.
     Weights(commands::weights::Args),
     /// Show the ONNX Runtime library in use: path, version, execution providers.
     Runtime {
@@ -180,7 +177,6 @@ enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write the forward, dense-evaluation or training-step graph as an ONNX file.
     Export(commands::export::Args),
 }
 

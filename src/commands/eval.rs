@@ -62,7 +62,7 @@ Examples:
       --protocol dense+multi-crop --scales 256,384,512 --train-scale '[256;512]' --device cuda
   vgg eval pipelines/demo.toml --checkpoint runs/demo/best.safetensors --limit 500 --json";
 
-/// The arguments of `vgg eval` (see [`LONG_HELP`]).
+/// Evaluate checkpoints with the paper's test protocols (dense, multi-crop, scales, fusion).
 #[derive(clap::Args)]
 #[command(after_long_help = LONG_HELP)]
 pub struct Args {

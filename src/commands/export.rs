@@ -13,7 +13,7 @@ use vgg::pipeline::Pipeline;
 
 use super::Common;
 
-/// Write a network as an ONNX model.
+/// Write the forward, dense-evaluation or training-step graph as an ONNX file.
 ///
 /// Without flags: the forward graph at the training input size (`images` [batch, 3, S, S] ->
 /// `logits`, `probabilities`). --dense: the dense-evaluation graph (FC layers as convolutions,

@@ -44,7 +44,7 @@ Examples:
     };
 }
 
-/// The arguments of `vgg weights` (see `torchvision_help!`).
+/// Convert weights between torchvision's VGG state_dict and this project's checkpoints.
 #[derive(clap::Args)]
 #[command(after_long_help = torchvision_help!())]
 pub struct Args {

@@ -316,3 +316,61 @@ fn model_summary_json_has_the_paper_totals() {
         text(&o)
     );
 }
+
+#[test]
+fn model_export_writes_graphs_onnx_runtime_loads_with_and_without_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(
+        d.join("p.toml"),
+        "dataset = \"x\"\n[model]\nconfig = \"A\"\nwidth = 0.0625\nclasses = 4\n\
+         [loader]\nbatch_size = 8\n[[train.stages]]\nkind = \"decode\"\n\
+         [[train.stages]]\nkind = \"scale\"\ns = 36\n\
+         [[train.stages]]\nkind = \"random_crop\"\nsize = 32\n[[train.stages]]\nkind = \"normalize\"\n",
+    )
+    .unwrap();
+    let p = vgg::pipeline::Pipeline::load(&d.join("p.toml")).unwrap();
+    let config = p.model.clone().unwrap();
+    let ck = vgg::checkpoint::Checkpoint {
+        params: vgg::init::initialise(&config, vgg::init::Init::Kaiming, 1),
+        config,
+        momenta: None,
+        state: None,
+    };
+    ck.save(&d.join("w.safetensors")).unwrap();
+    let settings = vgg::session::SessionSettings::default();
+    let cases: [(&[&str], usize); 4] = [
+        (&[], 1 + 22),
+        (&["--dense"], 1 + 22),
+        (&["--dense", "--weights", "w.safetensors"], 1),
+        (&["--train-step"], 1 + 44 + 4),
+    ];
+    for (flags, inputs) in cases {
+        let mut args = vec!["model", "export", "p.toml", "--out", "m.onnx"];
+        args.extend_from_slice(flags);
+        let o = vgg(&args, d);
+        assert!(
+            o.status.success(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let bytes = std::fs::read(d.join("m.onnx")).unwrap();
+        let s = vgg::session::build_from_bytes(&bytes, "exported", &settings).unwrap();
+        assert_eq!(s.inputs().len(), inputs, "{flags:?}");
+    }
+    // A checkpoint of another network is refused, naming both.
+    let o = vgg(
+        &[
+            "model",
+            "export",
+            "D",
+            "--weights",
+            "w.safetensors",
+            "--out",
+            "d.onnx",
+        ],
+        d,
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("w.safetensors"));
+}
