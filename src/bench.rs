@@ -227,25 +227,12 @@ pub fn train_bench(
     session: &crate::session::SessionSettings,
     steps: usize,
 ) -> Result<TrainBenchReport, crate::train::TrainError> {
-    use crate::graph::vgg::{InputForm, StepOptions};
-    use crate::pipeline::OutputKind;
     use crate::train::step::StepSession;
     let config = crate::train::run::network(p)?;
-    let mut settings = p.loader.clone();
-    settings.drop_last = true;
-    let batch = settings.batch_size;
+    let (settings, opts) = crate::train::run::step_setup(p);
+    let batch = opts.batch;
     let params = crate::init::initialise(&config, crate::init::Init::Kaiming, settings.seed);
     let momenta = crate::init::zero_momenta(&params);
-    let opts = StepOptions {
-        batch,
-        input: match settings.output {
-            OutputKind::F32Nchw => InputForm::F32Nchw,
-            OutputKind::U8Nhwc => InputForm::U8Nhwc,
-        },
-        momentum: p.optimizer.momentum,
-        weight_decay: p.optimizer.weight_decay,
-        decay_biases: p.optimizer.decay_biases,
-    };
     let mut step = StepSession::new(
         &config,
         &opts,

@@ -11,8 +11,7 @@
 //! sits at the top of its cell, centred horizontally; its caption is centred under it and
 //! truncated with `...` to the cell width.
 
-use std::fs::{self, File};
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::{ImageFormat, Rgb, RgbImage};
@@ -315,7 +314,7 @@ pub fn render(tiles: &[Tile], opts: &SheetOptions) -> RgbImage {
 }
 
 /// Renders the sheet and writes it as PNG to `path` atomically: the bytes go to a temporary
-/// file in the same directory (`.NAME.PID.tmp`), which is synced and renamed over `path`. On
+/// file in the same directory ([`crate::manifest::write_atomic`]), synced and renamed over `path`. On
 /// any failure the temporary file is removed and the error names `path`.
 pub fn write_png(path: &Path, tiles: &[Tile], opts: &SheetOptions) -> Result<(), SheetError> {
     let img = render(tiles, opts);
@@ -325,26 +324,10 @@ pub fn write_png(path: &Path, tiles: &[Tile], opts: &SheetOptions) -> Result<(),
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(SheetError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
+    crate::manifest::write_atomic(path, &bytes).map_err(|source| SheetError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Turns a normalised float32 CHW tensor (`x = pixel - mean + shift`, `3 * size * size`
@@ -374,6 +357,7 @@ pub fn denormalize_chw(chw: &[f32], size: u32, mean: [f32; 3]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn solid(w: u32, h: u32, rgb: [u8; 3], caption: &str) -> Tile {
         Tile {

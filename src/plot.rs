@@ -16,9 +16,7 @@
 //! whose y is not positive) are skipped, and an empty chart, a single point, a flat line or a
 //! canvas too small for a plot all render without panicking.
 
-use std::ffi::OsString;
-use std::fs::{self, File};
-use std::io::{Cursor, Write};
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use image::{ImageFormat, Rgb, RgbImage};
@@ -260,9 +258,9 @@ pub fn render_grid(charts: &[Chart], columns: u32, width: u32, height: u32) -> R
     img
 }
 
-/// Writes `img` as PNG to `path` atomically: the bytes go to `path` + `.tmp`, which is synced
-/// and renamed over `path`. On any failure the temporary file is removed and the error names
-/// `path`.
+/// Writes `img` as PNG to `path` atomically ([`crate::manifest::write_atomic`]: a temporary
+/// file, synced and renamed over `path`). On any failure the temporary file is removed and the
+/// error names `path`.
 pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), PlotError> {
     let mut bytes = Vec::new();
     img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
@@ -270,24 +268,10 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), PlotError> {
             path: path.to_path_buf(),
             source,
         })?;
-    let mut tmp = OsString::from(path.as_os_str());
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(PlotError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
+    crate::manifest::write_atomic(path, &bytes).map_err(|source| PlotError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// 4-6 "nice" ticks (1, 2 or 5 times a power of ten apart) from at or below `min(lo, hi)` to
@@ -992,6 +976,8 @@ fn legend(img: &mut RgbImage, chart: &Chart, p: Rect, scale: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ffi::OsString;
+    use std::fs;
 
     fn line(name: &str, pts: &[(f64, f64)]) -> Series {
         Series::new(name, pts.to_vec())

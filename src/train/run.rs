@@ -196,6 +196,25 @@ pub fn starting_point(
     Ok((params, momenta, state))
 }
 
+/// The loader settings and step options a pipeline trains with. A step is compiled for one
+/// batch size, so the last, short batch of an epoch is dropped (its images come first in
+/// another epoch's order).
+pub fn step_setup(p: &Pipeline) -> (crate::pipeline::LoaderSettings, StepOptions) {
+    let mut settings = p.loader.clone();
+    settings.drop_last = true;
+    let opts = StepOptions {
+        batch: settings.batch_size,
+        input: match settings.output {
+            OutputKind::F32Nchw => InputForm::F32Nchw,
+            OutputKind::U8Nhwc => InputForm::U8Nhwc,
+        },
+        momentum: p.optimizer.momentum,
+        weight_decay: p.optimizer.weight_decay,
+        decay_biases: p.optimizer.decay_biases,
+    };
+    (settings, opts)
+}
+
 fn save(
     path: &Path,
     config: &VggConfig,
@@ -251,21 +270,8 @@ pub fn train(
         });
     }
 
-    let mut settings = p.loader.clone();
-    // A step is compiled for one batch size: the last, short batch of an epoch is dropped
-    // (its images come first in another epoch's order).
-    settings.drop_last = true;
-    let batch = settings.batch_size;
-    let opts = StepOptions {
-        batch,
-        input: match settings.output {
-            OutputKind::F32Nchw => InputForm::F32Nchw,
-            OutputKind::U8Nhwc => InputForm::U8Nhwc,
-        },
-        momentum: p.optimizer.momentum,
-        weight_decay: p.optimizer.weight_decay,
-        decay_biases: p.optimizer.decay_biases,
-    };
+    let (settings, opts) = step_setup(p);
+    let batch = opts.batch;
     let mut step = StepSession::new(
         &config,
         &opts,

@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use crate::fixtures::{self, ValForm};
 
-fn vgg(args: &[&str], cwd: &Path) -> Output {
+pub fn vgg(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vgg"))
         .args(args)
         .current_dir(cwd)
@@ -13,7 +13,7 @@ fn vgg(args: &[&str], cwd: &Path) -> Output {
         .expect("runs vgg")
 }
 
-fn text(o: &Output) -> String {
+pub fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status,

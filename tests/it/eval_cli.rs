@@ -4,28 +4,12 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
+use crate::cli::{text, vgg};
 use vgg::checkpoint::{self, Checkpoint, NamedTensor};
 use vgg::init::{self, Init};
 use vgg::model::{Conv, VggConfig};
-
-fn vgg(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vgg"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("runs vgg")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "status {:?}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
 
 fn ok_json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", text(o));
