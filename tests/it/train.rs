@@ -363,3 +363,22 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
     }
     let _ = MOMENTUM;
 }
+
+#[test]
+fn cuda_without_a_cuda_runtime_is_one_clear_error() {
+    let info = vgg::runtime::info().unwrap();
+    if info.providers.iter().any(|p| p == "CUDAExecutionProvider") {
+        eprintln!("SKIPPED: this ONNX Runtime has the CUDA provider");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let p = pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
+    let mut o = options(p, &data, &dir.path().join("run"));
+    o.session.device = vgg::session::Device::Cuda(0);
+    let err = train::train(o, &mut Quiet).unwrap_err().to_string();
+    assert!(
+        err.contains("no CUDA execution provider") && err.contains("onnxruntime-gpu"),
+        "{err}"
+    );
+}
