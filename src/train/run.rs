@@ -370,7 +370,8 @@ pub fn train(
                 state.elapsed_seconds = elapsed(&started);
                 save(&last_path, &config, &step, &state)?;
                 progress.message(&format!(
-                    "stopped at epoch {epoch}, batch {}: {} holds the position; --resume continues",
+                    "stopped in epoch {} after batch {}: {} holds the position; --resume continues",
+                    epoch + 1,
                     state.batch,
                     last_path.display()
                 ));
