@@ -427,9 +427,7 @@ pub fn train(
                 "learning rate {from:e} -> {to:e} (validation top-1 error stopped improving)"
             ));
         }
-        let plots =
-            metrics::read_records(log.path()).and_then(|r| metrics::write_plots(&o.out, &r))?;
-        let _ = plots;
+        metrics::read_records(log.path()).and_then(|r| metrics::write_plots(&o.out, &r))?;
         last_epoch = Some(record);
         if decision == Decision::Stop {
             ending = Ending::Plateau;
