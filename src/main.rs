@@ -244,7 +244,7 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             let interrupted = matches!(
                 e.downcast_ref::<prepare::PrepareError>(),
                 Some(prepare::PrepareError::Interrupted { .. })
@@ -257,6 +257,20 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes, each cause left out when the message already says it (library
+/// errors carry their reason in their own message for callers that print only that).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg.push_str(": ");
+            msg.push_str(&c);
+        }
+    }
+    msg
 }
 
 fn init_logging(verbose: u8) {
