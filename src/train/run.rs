@@ -239,6 +239,18 @@ pub fn train(
 ) -> Result<TrainSummary, TrainError> {
     let p = &o.pipeline;
     let config = network(p)?;
+    for (what, split) in [("training", Some(&o.train)), ("validation", o.val.as_ref())] {
+        let Some(split) = split else { continue };
+        let n = split.manifest.classes.len();
+        if n != config.classes as usize {
+            return Err(TrainError::Setup(format!(
+                "the {what} split {} has {n} classes, the network {} has {}: set `classes = {n}` in [model]",
+                split.dir.display(),
+                config.name,
+                config.classes
+            )));
+        }
+    }
     std::fs::create_dir_all(&o.out).map_err(|e| TrainError::Io {
         path: o.out.clone(),
         source: e,

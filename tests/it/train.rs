@@ -382,3 +382,20 @@ fn cuda_without_a_cuda_runtime_is_one_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_network_whose_class_count_differs_from_the_data_is_refused_before_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let mut p = pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
+    p.model.as_mut().unwrap().classes = 10;
+    let out = dir.path().join("run");
+    let err = train::train(options(p, &data, &out), &mut Quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("4 classes") && err.contains("classes = 4"),
+        "{err}"
+    );
+    assert!(!out.exists(), "nothing is written for a refused run");
+}
