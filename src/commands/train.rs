@@ -111,19 +111,6 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         );
     }
     let threads = p.training.threads;
-    let mut resumed_over = false;
-    if a.resume && a.epochs.is_some() {
-        // Extending a finished run: it is no longer finished.
-        let path = out.join(train::run::LAST);
-        let mut ck = vgg::checkpoint::Checkpoint::load(&path)?;
-        if let Some(st) = ck.state.as_mut() {
-            if st["finished"] == serde_json::Value::Bool(true) {
-                st["finished"] = serde_json::Value::Bool(false);
-                ck.save(&path)?;
-                resumed_over = true;
-            }
-        }
-    }
     let opts = TrainOptions {
         pipeline: p,
         train: train_split,
@@ -135,9 +122,6 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         lr: if a.resume { a.lr } else { None },
     };
     let mut bars = Bars::new(c.quiet || a.json);
-    if resumed_over {
-        bars.message(&format!("extending the finished run in {}", out.display()));
-    }
     let summary = train::train(opts, &mut bars)?;
     bars.finish();
     if a.json {
@@ -145,7 +129,8 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     } else {
         match summary.ending {
             Ending::AlreadyFinished => println!(
-                "{}: the run had already finished (raise --epochs to extend it)",
+                "{}: the run had already finished (raise --epochs to extend a run that ended on its \
+                 epoch count)",
                 out.display()
             ),
             _ => {

@@ -49,7 +49,8 @@ pub struct TrainState {
     pub best_epoch: Option<u64>,
     /// Training time so far, over all resumes.
     pub elapsed_seconds: f64,
-    /// The run ended (epoch count reached, or the schedule's last plateau).
+    /// The run ended (epoch count reached, or the schedule's last plateau). Resuming with a
+    /// larger epoch count continues a run that ended on its count.
     pub finished: bool,
     pub pipeline: String,
 }
@@ -271,7 +272,7 @@ pub fn train(
         })?;
     }
     let mut log = MetricsLog::open(&o.out, o.resume.then_some(state.step))?;
-    if state.finished {
+    if state.schedule.stopped || state.epoch >= p.training.epochs {
         return Ok(TrainSummary {
             ending: Ending::AlreadyFinished,
             state,
@@ -282,6 +283,7 @@ pub fn train(
         });
     }
 
+    state.finished = false;
     let (settings, opts) = step_setup(p);
     let batch = opts.batch;
     let mut step = StepSession::new(

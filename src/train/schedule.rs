@@ -14,6 +14,10 @@ pub struct ScheduleState {
     /// Epochs since the best one.
     pub bad_epochs: u32,
     pub decreases: u32,
+    /// The plateau after the last allowed decrease was reached: the run is over whatever its
+    /// epoch count.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// What to do after an epoch.
@@ -35,6 +39,7 @@ impl ScheduleState {
             best_top1_error: None,
             bad_epochs: 0,
             decreases: 0,
+            stopped: false,
         }
     }
 
@@ -76,6 +81,7 @@ impl ScheduleState {
                 }
                 self.bad_epochs = 0;
                 if self.decreases >= max_decreases {
+                    self.stopped = true;
                     return Decision::Stop;
                 }
                 self.decrease(factor)
@@ -122,7 +128,9 @@ mod tests {
         assert_eq!(st.decreases, 3);
         assert!((st.lr - 1e-5).abs() < 1e-9);
         assert_eq!(st.after_epoch(&s, 6, Some(0.6)), Decision::Keep);
+        assert!(!st.stopped);
         assert_eq!(st.after_epoch(&s, 7, Some(0.6)), Decision::Stop);
+        assert!(st.stopped, "a stopped schedule stays stopped on resume");
         // No validation: nothing changes.
         let mut st = ScheduleState::new(0.01);
         assert_eq!(st.after_epoch(&s, 0, None), Decision::Keep);
