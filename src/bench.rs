@@ -124,13 +124,8 @@ fn pipeline_rate(
     let loader = Loader::new(
         split.clone(),
         LoaderOptions {
-            settings,
-            mode: Mode::Train(pipeline.train.clone()),
-            epoch: 0,
             epochs: (batches + 1).div_ceil(per_epoch) as u64,
-            rank: 0,
-            world: 1,
-            start_batch: 0,
+            ..LoaderOptions::new(settings, Mode::Train(pipeline.train.clone()), 0)
         },
     )?;
     let bytes = loader.buffer_bytes();
@@ -246,13 +241,8 @@ pub fn train_bench(
         Loader::new(
             split.clone(),
             LoaderOptions {
-                settings: settings.clone(),
-                mode: Mode::Train(p.train.clone()),
-                epoch,
                 epochs: 1000,
-                rank: 0,
-                world: 1,
-                start_batch: 0,
+                ..LoaderOptions::new(settings.clone(), Mode::Train(p.train.clone()), epoch)
             },
         )
     };

@@ -68,6 +68,21 @@ pub struct LoaderOptions {
     pub start_batch: usize,
 }
 
+impl LoaderOptions {
+    /// One whole epoch of the split, from its first batch, in one process.
+    pub fn new(settings: LoaderSettings, mode: Mode, epoch: u64) -> Self {
+        LoaderOptions {
+            settings,
+            mode,
+            epoch,
+            epochs: 1,
+            rank: 0,
+            world: 1,
+            start_batch: 0,
+        }
+    }
+}
+
 /// Why the loader stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {

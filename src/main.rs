@@ -448,15 +448,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 .collect();
             let mut loader = Loader::new(
                 split,
-                LoaderOptions {
-                    settings,
-                    mode: Mode::Train(p.train.clone()),
-                    epoch: *epoch,
-                    epochs: 1,
-                    rank: 0,
-                    world: 1,
-                    start_batch: 0,
-                },
+                LoaderOptions::new(settings, Mode::Train(p.train.clone()), *epoch),
             )?;
             let batch = loader.next().context("the split is empty")??;
             let images = batch.images().expect("f32 output");

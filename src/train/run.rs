@@ -312,13 +312,8 @@ pub fn train(
         let loader = Loader::new(
             o.train.clone(),
             LoaderOptions {
-                settings: settings.clone(),
-                mode: Mode::Train(p.train.clone()),
-                epoch,
-                epochs: 1,
-                rank: 0,
-                world: 1,
                 start_batch: state.batch as usize,
+                ..LoaderOptions::new(settings.clone(), Mode::Train(p.train.clone()), epoch)
             },
         )?;
         let batches = (loader.batches() as u64) + state.batch;
@@ -510,15 +505,7 @@ impl Validator {
         settings.drop_last = false;
         let loader = Loader::new(
             self.split.clone(),
-            LoaderOptions {
-                settings,
-                mode: Mode::Eval(eval),
-                epoch: 0,
-                epochs: 1,
-                rank: 0,
-                world: 1,
-                start_batch: 0,
-            },
+            LoaderOptions::new(settings, Mode::Eval(eval), 0),
         )?;
         let limit = self.images();
         let e = |what: &'static str| {
