@@ -216,20 +216,24 @@ pub fn step_setup(p: &Pipeline) -> (crate::pipeline::LoaderSettings, StepOptions
     (settings, opts)
 }
 
+/// Writes the step's current parameters, momenta and `state` to each of `paths` (one copy from
+/// the device for all of them).
 fn save(
-    path: &Path,
+    paths: &[&Path],
     config: &VggConfig,
     step: &StepSession,
     state: &TrainState,
 ) -> Result<(), TrainError> {
     let (params, momenta) = step.download()?;
-    Checkpoint {
+    let ck = Checkpoint {
         config: config.clone(),
         params,
         momenta: Some(momenta),
         state: Some(serde_json::to_value(state).expect("state serialises")),
+    };
+    for path in paths {
+        ck.save(path)?;
     }
-    .save(path)?;
     Ok(())
 }
 
@@ -373,11 +377,11 @@ pub fn train(
             let every = p.training.checkpoint_every;
             if every > 0 && state.step % every == 0 {
                 state.elapsed_seconds = elapsed(&started);
-                save(&last_path, &config, &step, &state)?;
+                save(&[&last_path], &config, &step, &state)?;
             }
             if o.stop.load(Ordering::SeqCst) {
                 state.elapsed_seconds = elapsed(&started);
-                save(&last_path, &config, &step, &state)?;
+                save(&[&last_path], &config, &step, &state)?;
                 progress.message(&format!(
                     "stopped in epoch {} after batch {}: {} holds the position; --resume continues",
                     epoch + 1,
@@ -426,9 +430,10 @@ pub fn train(
             time: state.elapsed_seconds,
         };
         log.append(&Record::Epoch(record.clone()))?;
-        save(&last_path, &config, &step, &state)?;
         if improved {
-            save(&best_path, &config, &step, &state)?;
+            save(&[&last_path, &best_path], &config, &step, &state)?;
+        } else {
+            save(&[&last_path], &config, &step, &state)?;
         }
         progress.epoch_end(&record);
         if let Decision::Decrease { from, to } = decision {
