@@ -17,7 +17,6 @@ mod commands;
 use vgg::bench;
 use vgg::contact_sheet::{self, SheetOptions, Tile};
 use vgg::loader::{Loader, LoaderOptions, Mode};
-use vgg::model::VggConfig;
 use vgg::pipeline::{OutputKind, Pipeline};
 use vgg::prepare::{self, Part, PrepareOptions, Progress};
 use vgg::registry::{self, Registry, SourceKind};
@@ -606,14 +605,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     json,
                 },
         } => {
-            let mut c = if VggConfig::paper(config).is_ok() || !Path::new(config).exists() {
-                VggConfig::paper(config)?
-            } else {
-                let p = Pipeline::load(Path::new(config))?;
-                p.model
-                    .clone()
-                    .with_context(|| format!("{config} has no [model] table"))?
-            };
+            let (mut c, _) = commands::network(config)?;
             if let Some(n) = classes {
                 c.classes = *n;
             }

@@ -8,8 +8,6 @@ use anyhow::{bail, Context, Result};
 
 use vgg::checkpoint::Checkpoint;
 use vgg::graph::vgg::{self as graphs, InputForm, StepOptions};
-use vgg::model::VggConfig;
-use vgg::pipeline::Pipeline;
 
 use super::Common;
 
@@ -55,16 +53,7 @@ pub struct Args {
 }
 
 pub fn run(_c: &Common, a: &Args) -> Result<ExitCode> {
-    let (mut config, pipeline) = if std::path::Path::new(&a.config).is_file() {
-        let p = Pipeline::load(std::path::Path::new(&a.config))?;
-        let m = p
-            .model
-            .clone()
-            .with_context(|| format!("{} has no [model] table", a.config))?;
-        (m, Some(p))
-    } else {
-        (VggConfig::paper(&a.config)?, None)
-    };
+    let (mut config, pipeline) = super::network(&a.config)?;
     if let Some(n) = a.classes {
         config.classes = n;
     }

@@ -10,7 +10,6 @@ use anyhow::{bail, Context, Result};
 
 use vgg::checkpoint::{self, Checkpoint};
 use vgg::model::VggConfig;
-use vgg::pipeline::Pipeline;
 
 use super::Common;
 
@@ -199,25 +198,8 @@ fn resolve_config(config: &str) -> Result<(VggConfig, bool)> {
              and cannot be converted"
         );
     }
-    let alias = match lower.trim_start_matches("vgg") {
-        "11" => Some("A"),
-        "13" => Some("B"),
-        "16" => Some("D"),
-        "19" => Some("E"),
-        _ => None,
-    };
-    if let Some(name) = alias {
-        return Ok((VggConfig::paper(name)?, false));
-    }
-    let path = Path::new(config);
-    if VggConfig::paper(config).is_ok() || !path.exists() {
-        return Ok((VggConfig::paper(config)?, false));
-    }
-    let p = Pipeline::load(path)?;
-    let c = p
-        .model
-        .with_context(|| format!("{config} has no [model] table"))?;
-    Ok((c, true))
+    let (c, pipeline) = super::network(config)?;
+    Ok((c, pipeline.is_some()))
 }
 
 fn create_parent(out: &Path) -> Result<()> {
