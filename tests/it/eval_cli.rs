@@ -23,14 +23,14 @@ fn fixture(file: &str) -> PathBuf {
 }
 
 /// A pipeline whose [model] is the fixture's network (A at width 1/32, fc 16, 10 classes,
-/// 32x32 input: see the fixture's README), trained at a fixed S = 40.
+/// 64x64 input: see the fixture's README), trained at a fixed S = 72.
 fn fixture_pipeline(dir: &Path) -> PathBuf {
     let path = dir.join("tiny.toml");
     std::fs::write(
         &path,
         "dataset = \"toy\"\n[model]\nconfig = \"A\"\nwidth = 0.03125\nfc = 16\nclasses = 10\n\
-         input = 32\n[[train.stages]]\nkind = \"decode\"\n[[train.stages]]\nkind = \"scale\"\n\
-         s = 40\n[[train.stages]]\nkind = \"random_crop\"\nsize = 32\n[[train.stages]]\n\
+         input = 64\n[[train.stages]]\nkind = \"decode\"\n[[train.stages]]\nkind = \"scale\"\n\
+         s = 72\n[[train.stages]]\nkind = \"random_crop\"\nsize = 64\n[[train.stages]]\n\
          kind = \"normalize\"\n",
     )
     .unwrap();
@@ -61,13 +61,13 @@ fn torchvision_weights_convert_and_round_trip_bit_exactly() {
     );
     let v = ok_json(&o);
     assert_eq!(v["tensors"], 22);
-    assert_eq!(v["parameters"], 9854);
+    assert_eq!(v["parameters"], 10622);
     assert_eq!(v["classes"], 10);
     let ck = Checkpoint::load(&dir.path().join("ck.safetensors")).unwrap();
     assert!(ck.momenta.is_none() && ck.state.is_none());
     assert_eq!(
         (ck.config.classes, ck.config.input, ck.config.fc),
-        (10, 32, 16)
+        (10, 64, 16)
     );
     assert_eq!(ck.params[0].name, "conv1_1.weight");
 

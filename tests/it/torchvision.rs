@@ -28,7 +28,7 @@ fn reference() -> serde_json::Value {
 }
 
 /// The network, from the `[model]` table `make_reference.py` records: A at width 1/32 (conv
-/// widths 2, 4, 8, 16), fc 16, 10 classes, 32x32 input.
+/// widths 2, 4, 8, 16), fc 16, 10 classes, 64x64 input (a 2x2 final map: fc6's flatten order matters).
 fn config(reference: &serde_json::Value) -> VggConfig {
     let table = toml::Value::try_from(&reference["model"]).unwrap();
     let c = VggConfig::from_table(table.as_table().expect("`model` is a table")).unwrap();
@@ -41,7 +41,7 @@ fn config(reference: &serde_json::Value) -> VggConfig {
         widths,
         vec![vec![2], vec![4], vec![8, 8], vec![16, 16], vec![16, 16]]
     );
-    assert_eq!((c.fc, c.classes, c.final_side()), (16, 10, 1));
+    assert_eq!((c.fc, c.classes, c.final_side()), (16, 10, 2));
     c
 }
 
