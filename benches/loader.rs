@@ -15,10 +15,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use vgg::bench::{loader_bench, machine};
-use vgg::pipeline::Pipeline;
-use vgg::prepare::{prepare, PrepareOptions, Silent};
-use vgg::source::Split;
-use vgg::store::PreparedSplit;
+use vgg::config::pipeline::Pipeline;
+use vgg::data::prepare::{prepare, PrepareOptions, Silent};
+use vgg::data::source::Split;
+use vgg::data::store::PreparedSplit;
 
 mod common;
 
@@ -88,7 +88,7 @@ fn main() {
         30,
     );
     let mut u8_out = pipeline("vgg-jitter-256-512.toml", 32);
-    u8_out.loader.output = vgg::pipeline::OutputKind::U8Nhwc;
+    u8_out.loader.output = vgg::config::pipeline::OutputKind::U8Nhwc;
     table(
         "JPEG records, S ~ U[256,512], crop 224, u8 NHWC + shift",
         jpeg.clone(),

@@ -14,8 +14,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use vgg::prepare::{prepare, PrepareOptions, Silent};
-use vgg::source::Split;
+use vgg::data::prepare::{prepare, PrepareOptions, Silent};
+use vgg::data::source::Split;
 
 mod common;
 
@@ -76,7 +76,9 @@ fn main() {
         let t = Instant::now();
         let decoded: usize = pool.install(|| {
             list.par_iter()
-                .filter(|p| vgg::imaging::decode_rgb8(&std::fs::read(p).unwrap(), u64::MAX).is_ok())
+                .filter(|p| {
+                    vgg::data::imaging::decode_rgb8(&std::fs::read(p).unwrap(), u64::MAX).is_ok()
+                })
                 .count()
         });
         let decode_rate = decoded as f64 / t.elapsed().as_secs_f64();

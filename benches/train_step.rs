@@ -31,11 +31,11 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use serde::Serialize;
 use vgg::bench::{machine, Machine};
-use vgg::graph::vgg::{self as graphs, ParamSpec, StepOptions, MOMENTUM, NEXT};
-use vgg::init::{initialise, Init};
-use vgg::model::VggConfig;
-use vgg::rng::{Rng, Stream};
-use vgg::session::{self, SessionSettings};
+use vgg::config::model::VggConfig;
+use vgg::net::graph::vgg::{self as graphs, ParamSpec, StepOptions, MOMENTUM, NEXT};
+use vgg::net::init::{initialise, Init};
+use vgg::net::session::{self, SessionSettings};
+use vgg::util::rng::{Rng, Stream};
 
 const WARMUP: usize = 3;
 
@@ -309,7 +309,7 @@ struct Profile {
 /// A step session built like [`session::build`]'s CPU sessions, with the profiler on.
 fn profiled_session(
     env: &ort::environment::Environment,
-    g: &vgg::graph::ir::Graph,
+    g: &vgg::net::graph::ir::Graph,
     threads: usize,
     prefix: &std::path::Path,
 ) -> Result<Session, String> {
@@ -328,7 +328,7 @@ fn profiled_session(
 
 fn profile(config: &VggConfig, opts: &StepOptions, threads: usize, steps: usize) -> Profile {
     let dir = tempfile::tempdir().unwrap();
-    let env = vgg::runtime::init().unwrap_or_else(|e| panic!("{e}"));
+    let env = vgg::net::runtime::init().unwrap_or_else(|e| panic!("{e}"));
     let g = graphs::train_step_graph(config, opts).expect("the step graph differentiates");
     let mut s = profiled_session(&env, &g, threads, &dir.path().join("step"))
         .unwrap_or_else(|e| panic!("profiled session: {e}"));
@@ -517,7 +517,7 @@ fn print_profile(r: &Row) {
 fn main() {
     let a = parse_args();
     let config = network(&a);
-    let info = match vgg::runtime::info() {
+    let info = match vgg::net::runtime::info() {
         Ok(i) => i,
         Err(e) => {
             eprintln!("train_step: {e}");

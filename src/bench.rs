@@ -8,12 +8,12 @@ use std::time::Instant;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::augment;
-use crate::loader::{
+use crate::config::pipeline::Pipeline;
+use crate::data::augment;
+use crate::data::loader::{
     epoch_order, record, record_failure, with_scratch, Loader, LoaderError, LoaderOptions, Mode,
 };
-use crate::pipeline::Pipeline;
-use crate::store::PreparedSplit;
+use crate::data::store::PreparedSplit;
 
 /// The machine a figure was measured on.
 #[derive(Debug, Clone, Serialize)]
@@ -68,7 +68,7 @@ pub struct LoaderReport {
     pub records: u64,
     pub batch_size: usize,
     pub batches: usize,
-    pub output: crate::pipeline::OutputKind,
+    pub output: crate::config::pipeline::OutputKind,
     pub images_per_sec: f64,
     pub images_per_sec_per_core: f64,
     pub decode_only_images_per_sec: f64,
@@ -219,15 +219,16 @@ pub struct TrainBenchReport {
 pub fn train_bench(
     p: &Pipeline,
     split: Arc<PreparedSplit>,
-    session: &crate::session::SessionSettings,
+    session: &crate::net::session::SessionSettings,
     steps: usize,
 ) -> Result<TrainBenchReport, crate::train::TrainError> {
     use crate::train::step::StepSession;
     let config = crate::train::run::network(p)?;
     let (settings, opts) = crate::train::run::step_setup(p);
     let batch = opts.batch;
-    let params = crate::init::initialise(&config, crate::init::Init::Kaiming, settings.seed);
-    let momenta = crate::init::zero_momenta(&params);
+    let params =
+        crate::net::init::initialise(&config, crate::net::init::Init::Kaiming, settings.seed);
+    let momenta = crate::net::init::zero_momenta(&params);
     let mut step = StepSession::new(
         &config,
         &opts,

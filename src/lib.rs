@@ -3,34 +3,35 @@
 //! A toolkit to reproduce and train the VGG networks of Simonyan & Zisserman, "Very Deep
 //! Convolutional Networks for Large-Scale Image Recognition" (ICLR 2015).
 //!
-//! The modules follow the data flow:
+//! The modules follow the data flow, and each layer imports only the layers above it here:
 //!
 //! ```text
-//! datasets.toml -> registry -> source (list / generate) -> prepare -> shard files + manifest
-//!                                                  -> inspect / verify
+//! util      atomic writes, per-sample random streams, progress + cancellation, machine readings
+//! config    datasets.toml (registry) · pipelines/*.toml (pipeline, training) · Table 1 (model)
+//! report    PNG writer, training plots, contact sheets
+//! data      source (list / generate) -> prepare -> shard files + manifest -> store
+//!           -> loader (augment) -> batches
+//! net       graph (forward, dense, training step, differentiator) · init · checkpoint
+//!           · runtime + session (ONNX Runtime) · accuracy (top-k)
+//! train     batches -> step session -> checkpoints, metrics.jsonl, plots
+//! eval      checkpoints -> the paper's protocols (dense, multi-crop, multi-scale, fusion) -> tables
+//! bench     throughput of the loader and the training step, each against a baseline
 //! ```
 //!
-//! `runtime` locates and loads ONNX Runtime for the later stages (training, evaluation).
+//! The `vgg` binary is a thin front over these: it parses arguments, resolves them into the
+//! objects above, draws progress bars and prints tables or JSON.
 
-pub mod augment;
-pub mod bench;
-pub mod checkpoint;
-pub mod contact_sheet;
+pub mod util;
+
+pub mod config;
+
+pub mod report;
+
+pub mod data;
+
+pub mod net;
+
 pub mod eval;
-pub mod graph;
-pub mod imaging;
-pub mod init;
-pub mod loader;
-pub mod manifest;
-pub mod model;
-pub mod pipeline;
-pub mod plot;
-pub mod prepare;
-pub mod registry;
-pub mod rng;
-pub mod runtime;
-pub mod session;
-pub mod shard;
-pub mod source;
-pub mod store;
 pub mod train;
+
+pub mod bench;

@@ -15,13 +15,13 @@ use indicatif::{ProgressBar, ProgressStyle};
 mod commands;
 
 use vgg::bench;
-use vgg::contact_sheet::{self, SheetOptions, Tile};
-use vgg::loader::{Loader, LoaderOptions, Mode};
-use vgg::pipeline::{OutputKind, Pipeline};
-use vgg::prepare::{self, Part, PrepareOptions, Progress};
-use vgg::registry::{self, Registry, SourceKind};
-use vgg::source::{synthetic, Split};
-use vgg::store;
+use vgg::config::pipeline::{OutputKind, Pipeline};
+use vgg::config::registry::{self, Registry, SourceKind};
+use vgg::data::loader::{Loader, LoaderOptions, Mode};
+use vgg::data::prepare::{self, Part, PrepareOptions, Progress};
+use vgg::data::source::{synthetic, Split};
+use vgg::data::store;
+use vgg::report::contact_sheet::{self, SheetOptions, Tile};
 
 #[derive(Parser)]
 #[command(
@@ -502,7 +502,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         } => {
             let p = Pipeline::load(pipeline)?;
             let (name, split) = open_train_split(cli, &p, dataset.as_deref())?;
-            let session = vgg::session::SessionSettings {
+            let session = vgg::net::session::SessionSettings {
                 device: device.parse().map_err(anyhow::Error::msg)?,
                 threads: *threads,
             };
@@ -621,7 +621,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Eval(a) => commands::eval::run(&common(cli), a),
         Command::Weights(a) => commands::weights::run(&common(cli), a),
         Command::Runtime { json } => {
-            let info = vgg::runtime::info()?;
+            let info = vgg::net::runtime::info()?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -775,14 +775,14 @@ fn print_prepare_report(r: &prepare::SplitReport) {
                 m.display()
             );
             if r.skipped > 0 {
-                println!("{}: skipped files and reasons: {}", r.split, m.with_file_name(vgg::manifest::SKIPPED_FILE).display());
+                println!("{}: skipped files and reasons: {}", r.split, m.with_file_name(vgg::data::manifest::SKIPPED_FILE).display());
             }
         }
         None => println!("{}: other parts still missing; when all parts are done run `vgg prepare DATASET --split {} --merge`", r.split, r.split),
     }
 }
 
-fn print_model_summary(s: &vgg::model::Summary) {
+fn print_model_summary(s: &vgg::config::model::Summary) {
     let c = &s.config;
     println!(
         "VGG {}: {} weight layers, input {}x{}x{}, {} classes",

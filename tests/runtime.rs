@@ -1,4 +1,4 @@
-//! `vgg::runtime` against the real ONNX Runtime library that `scripts/fetch-onnxruntime.sh`
+//! `vgg::net::runtime` against the real ONNX Runtime library that `scripts/fetch-onnxruntime.sh`
 //! installs (run `make setup` or the script first).
 //!
 //! The process environment is never modified here (tests share it across threads): the
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use ort::session::Session;
 use ort::value::Tensor;
 use ort::AsPointer;
-use vgg::runtime::{self, RuntimeError, MIN_ORT_API, ORT_VERSION};
+use vgg::net::runtime::{self, RuntimeError, MIN_ORT_API, ORT_VERSION};
 
 fn repo_cache_lib() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(runtime::cache_relative_path())

@@ -14,7 +14,7 @@ pub fn photos(work: &Path) -> (PathBuf, String) {
         return (shared, "imagenet-sample-500 (real ImageNet photos)".into());
     }
     let root = work.join("synthetic");
-    let spec = vgg::source::synthetic::SyntheticSpec {
+    let spec = vgg::data::source::synthetic::SyntheticSpec {
         classes: 10,
         train_per_class: 50,
         val_per_class: 1,
@@ -22,7 +22,7 @@ pub fn photos(work: &Path) -> (PathBuf, String) {
         max_short_side: 500,
         ..Default::default()
     };
-    vgg::source::synthetic::generate(&spec, &root).expect("generate the synthetic bench set");
+    vgg::data::source::synthetic::generate(&spec, &root).expect("generate the synthetic bench set");
     (
         root,
         "synthetic-shapes (generated; ../shared/data not found)".into(),
@@ -36,7 +36,7 @@ pub fn folder_dataset(
     root: &Path,
     name: &str,
     store: &str,
-) -> vgg::registry::DatasetSpec {
+) -> vgg::config::registry::DatasetSpec {
     let reg_path = work.join(format!("{name}.toml"));
     std::fs::write(
         &reg_path,
@@ -47,6 +47,7 @@ pub fn folder_dataset(
         ),
     )
     .expect("write the bench registry");
-    let reg = vgg::registry::Registry::load(&reg_path).expect("the bench registry is valid");
+    let reg =
+        vgg::config::registry::Registry::load(&reg_path).expect("the bench registry is valid");
     reg.get(name).expect("just written").clone()
 }

@@ -11,17 +11,18 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use vgg::augment::{Scale, VGG_MEAN};
+use vgg::config::pipeline::Pipeline;
+use vgg::config::registry::Registry;
+use vgg::data::augment::{Scale, VGG_MEAN};
+use vgg::data::source::Split;
+use vgg::data::store::PreparedSplit;
 use vgg::eval::protocol::{
     format_scales, format_table, paper_figure, parse_scales, test_scales, Protocol, ResultRow,
-    TopK, TrainScale,
+    TrainScale,
 };
 use vgg::eval::run::{evaluate, EvalReport, EvalSettings, Network};
-use vgg::pipeline::Pipeline;
-use vgg::registry::Registry;
-use vgg::session::{Device, SessionSettings};
-use vgg::source::Split;
-use vgg::store::PreparedSplit;
+use vgg::net::accuracy::TopK;
+use vgg::net::session::{Device, SessionSettings};
 
 use super::Common;
 
@@ -455,7 +456,7 @@ fn json(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vgg::model::VggConfig;
+    use vgg::config::model::VggConfig;
 
     fn net(config: &str, classes: u32) -> Network {
         let mut config = VggConfig::paper(config).unwrap();

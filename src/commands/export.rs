@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use vgg::checkpoint::Checkpoint;
-use vgg::graph::vgg::{self as graphs, InputForm, StepOptions};
+use vgg::net::checkpoint::Checkpoint;
+use vgg::net::graph::vgg::{self as graphs, InputForm, StepOptions};
 
 use super::Common;
 
@@ -95,7 +95,7 @@ pub fn run(_c: &Common, a: &Args) -> Result<ExitCode> {
         }
     }
     let bytes = graph.encode();
-    vgg::manifest::write_atomic(&a.out, &bytes)
+    vgg::data::manifest::write_atomic(&a.out, &bytes)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     println!(
         "{}: {} graph of {} ({} nodes, {:.1} MiB)",

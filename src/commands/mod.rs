@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use vgg::model::VggConfig;
-use vgg::pipeline::Pipeline;
+use vgg::config::model::VggConfig;
+use vgg::config::pipeline::Pipeline;
 
 /// The global options every command sees.
 pub struct Common {

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use vgg::pipeline::Pipeline;
-use vgg::registry::Registry;
-use vgg::session::{Device, SessionSettings};
-use vgg::source::Split;
-use vgg::store::PreparedSplit;
+use vgg::config::pipeline::Pipeline;
+use vgg::config::registry::Registry;
+use vgg::data::source::Split;
+use vgg::data::store::PreparedSplit;
+use vgg::net::session::{Device, SessionSettings};
 use vgg::train::metrics::EpochRecord;
 use vgg::train::{self, Ending, TrainOptions, TrainProgress};
 

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 
-use vgg::checkpoint::{self, Checkpoint};
-use vgg::model::VggConfig;
+use vgg::config::model::VggConfig;
+use vgg::net::checkpoint::{self, Checkpoint};
 
 use super::Common;
 

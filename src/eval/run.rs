@@ -60,17 +60,18 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorRef};
 use rayon::prelude::*;
 
-use crate::augment;
 use crate::bench;
-use crate::checkpoint::{Checkpoint, CheckpointError, NamedTensor};
-use crate::graph::vgg::{dense_graph, forward_graph, parameters};
-use crate::loader::{self, LoaderError};
-use crate::model::VggConfig;
-use crate::session::{self, Device, SessionError, SessionSettings};
-use crate::shard::Encoding;
-use crate::store::PreparedSplit;
+use crate::config::model::VggConfig;
+use crate::data::augment;
+use crate::data::loader::{self, LoaderError};
+use crate::data::shard::Encoding;
+use crate::data::store::PreparedSplit;
+use crate::net::checkpoint::{Checkpoint, CheckpointError, NamedTensor};
+use crate::net::graph::vgg::{dense_graph, forward_graph, parameters};
+use crate::net::session::{self, Device, SessionError, SessionSettings};
 
-use super::protocol::{centre_crop, crop_grid, rank_of, PosteriorSum, Protocol, TopK};
+use super::protocol::{centre_crop, crop_grid, PosteriorSum, Protocol};
+use crate::net::accuracy::{rank_of, TopK};
 
 /// Images decoded, rescaled and run together. Bounds the memory of rescaled images (one chunk
 /// at one scale) and of decoded images (two chunks: the one running and the next).

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::manifest::write_atomic;
-use crate::plot::{self, Chart, Series};
+use crate::data::manifest::write_atomic;
+use crate::report::plot::{self, Chart, Series};
 
 /// File name of the metrics log in a run directory.
 pub const FILE_NAME: &str = "metrics.jsonl";

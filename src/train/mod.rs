@@ -1,6 +1,5 @@
 //! `vgg train`: the paper's training protocol on ONNX Runtime.
 //!
-//! - [`settings`]: the pipeline file's `[optimizer]`, `[schedule]` and `[training]` tables;
 //! - [`step`]: the training-step session, parameters kept inside ONNX Runtime;
 //! - [`schedule`]: the learning-rate schedule's state;
 //! - [`metrics`]: `metrics.jsonl` and the plots;
@@ -9,7 +8,6 @@
 pub mod metrics;
 pub mod run;
 pub mod schedule;
-pub mod settings;
 pub mod step;
 
 pub use run::{train, Ending, Quiet, TrainOptions, TrainProgress, TrainState, TrainSummary};
@@ -24,11 +22,11 @@ pub enum TrainError {
     #[error("ONNX Runtime: {0}")]
     Runtime(String),
     #[error(transparent)]
-    Session(#[from] crate::session::SessionError),
+    Session(#[from] crate::net::session::SessionError),
     #[error(transparent)]
-    Checkpoint(#[from] crate::checkpoint::CheckpointError),
+    Checkpoint(#[from] crate::net::checkpoint::CheckpointError),
     #[error(transparent)]
-    Loader(#[from] crate::loader::LoaderError),
+    Loader(#[from] crate::data::loader::LoaderError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     #[error("{path}: {source}")]

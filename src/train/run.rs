@@ -24,15 +24,15 @@ use super::metrics::{self, EpochRecord, MetricsLog, Record, StepRecord};
 use super::schedule::{Decision, ScheduleState};
 use super::step::StepSession;
 use super::TrainError;
-use crate::checkpoint::{Checkpoint, NamedTensor};
-use crate::eval::protocol::TopK;
-use crate::graph::vgg::{self as graphs, InputForm, StepOptions};
-use crate::init;
-use crate::loader::{Loader, LoaderOptions, Mode};
-use crate::model::VggConfig;
-use crate::pipeline::{OutputKind, Pipeline};
-use crate::session::{self, SessionSettings};
-use crate::store::PreparedSplit;
+use crate::config::model::VggConfig;
+use crate::config::pipeline::{OutputKind, Pipeline};
+use crate::data::loader::{Loader, LoaderOptions, Mode};
+use crate::data::store::PreparedSplit;
+use crate::net::accuracy::TopK;
+use crate::net::checkpoint::{Checkpoint, NamedTensor};
+use crate::net::graph::vgg::{self as graphs, InputForm, StepOptions};
+use crate::net::init;
+use crate::net::session::{self, SessionSettings};
 
 /// Where a run stands; saved in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -200,7 +200,7 @@ pub fn starting_point(
 /// The loader settings and step options a pipeline trains with. A step is compiled for one
 /// batch size, so the last, short batch of an epoch is dropped (its images come first in
 /// another epoch's order).
-pub fn step_setup(p: &Pipeline) -> (crate::pipeline::LoaderSettings, StepOptions) {
+pub fn step_setup(p: &Pipeline) -> (crate::config::pipeline::LoaderSettings, StepOptions) {
     let mut settings = p.loader.clone();
     settings.drop_last = true;
     let opts = StepOptions {
@@ -268,7 +268,7 @@ pub fn train(
     let best_path = o.out.join(BEST);
     if !o.resume {
         let text = std::fs::read(&p.path).unwrap_or_default();
-        crate::manifest::write_atomic(&o.out.join("pipeline.toml"), &text).map_err(|e| {
+        crate::data::manifest::write_atomic(&o.out.join("pipeline.toml"), &text).map_err(|e| {
             TrainError::Io {
                 path: o.out.join("pipeline.toml"),
                 source: e,
@@ -506,7 +506,7 @@ impl Validator {
         }
         let mut settings = p.loader.clone();
         settings.output = OutputKind::F32Nchw;
-        settings.order = crate::pipeline::Order::Sequential;
+        settings.order = crate::config::pipeline::Order::Sequential;
         settings.drop_last = false;
         let loader = Loader::new(
             self.split.clone(),

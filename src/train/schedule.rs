@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::Schedule;
+use crate::config::training::Schedule;
 
 /// Where the schedule stands.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,12 +13,12 @@ use ort::session::Session;
 use ort::value::Tensor;
 
 use super::TrainError;
-use crate::checkpoint::NamedTensor;
-use crate::graph::vgg::{self as graphs, InputForm, ParamSpec, StepOptions, MOMENTUM, NEXT};
-use crate::loader::Batch;
-use crate::model::VggConfig;
-use crate::rng::{Rng, Stream};
-use crate::session::{self, Device, SessionSettings};
+use crate::config::model::VggConfig;
+use crate::data::loader::Batch;
+use crate::net::checkpoint::NamedTensor;
+use crate::net::graph::vgg::{self as graphs, InputForm, ParamSpec, StepOptions, MOMENTUM, NEXT};
+use crate::net::session::{self, Device, SessionSettings};
+use crate::util::rng::{Rng, Stream};
 
 /// What one step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]

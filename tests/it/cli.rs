@@ -70,7 +70,7 @@ fn verify_passes_then_names_the_flipped_record() {
     let path = shards.join("train/train-00000.vggshard");
     let base = std::fs::read(&path).unwrap();
     let (key, payload) = {
-        let r = vgg::shard::ShardReader::open(&path).unwrap();
+        let r = vgg::data::shard::ShardReader::open(&path).unwrap();
         let rec = r.record(1).unwrap();
         (rec.key.to_string(), rec.bytes.to_vec())
     };
@@ -173,7 +173,7 @@ fn runtime_reports_the_installed_library() {
     let o = vgg(&["runtime", "--json"], dir.path());
     assert!(o.status.success(), "{}", text(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert_eq!(v["version"], vgg::runtime::ORT_VERSION);
+    assert_eq!(v["version"], vgg::net::runtime::ORT_VERSION);
     assert!(v["providers"]
         .as_array()
         .unwrap()
@@ -329,16 +329,16 @@ fn model_export_writes_graphs_onnx_runtime_loads_with_and_without_weights() {
          [[train.stages]]\nkind = \"random_crop\"\nsize = 32\n[[train.stages]]\nkind = \"normalize\"\n",
     )
     .unwrap();
-    let p = vgg::pipeline::Pipeline::load(&d.join("p.toml")).unwrap();
+    let p = vgg::config::pipeline::Pipeline::load(&d.join("p.toml")).unwrap();
     let config = p.model.clone().unwrap();
-    let ck = vgg::checkpoint::Checkpoint {
-        params: vgg::init::initialise(&config, vgg::init::Init::Kaiming, 1),
+    let ck = vgg::net::checkpoint::Checkpoint {
+        params: vgg::net::init::initialise(&config, vgg::net::init::Init::Kaiming, 1),
         config,
         momenta: None,
         state: None,
     };
     ck.save(&d.join("w.safetensors")).unwrap();
-    let settings = vgg::session::SessionSettings::default();
+    let settings = vgg::net::session::SessionSettings::default();
     let cases: [(&[&str], usize); 4] = [
         (&[], 1 + 22),
         (&["--dense"], 1 + 22),
@@ -355,7 +355,7 @@ fn model_export_writes_graphs_onnx_runtime_loads_with_and_without_weights() {
             String::from_utf8_lossy(&o.stderr)
         );
         let bytes = std::fs::read(d.join("m.onnx")).unwrap();
-        let s = vgg::session::build_from_bytes(&bytes, "exported", &settings).unwrap();
+        let s = vgg::net::session::build_from_bytes(&bytes, "exported", &settings).unwrap();
         assert_eq!(s.inputs().len(), inputs, "{flags:?}");
     }
     // A checkpoint of another network is refused, naming both.

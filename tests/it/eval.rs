@@ -5,18 +5,18 @@
 
 use std::collections::HashMap;
 
-use vgg::augment::{decode_record, rescale_whole, VGG_MEAN};
-use vgg::checkpoint::{Checkpoint, NamedTensor};
+use vgg::config::model::{Conv, VggConfig};
+use vgg::data::augment::{decode_record, rescale_whole, VGG_MEAN};
+use vgg::data::loader;
+use vgg::data::prepare::PrepareOptions;
+use vgg::data::source::Split;
+use vgg::data::store::PreparedSplit;
 use vgg::eval::protocol::{centre_crop, crop_grid, Protocol};
 use vgg::eval::run::{evaluate, posteriors, EvalError, EvalSettings, Network, Posteriors};
-use vgg::graph::vgg::{self as graphs, ParamKind};
-use vgg::loader;
-use vgg::model::{Conv, VggConfig};
-use vgg::prepare::PrepareOptions;
-use vgg::rng::{Rng, Stream};
-use vgg::session::{self, SessionSettings};
-use vgg::source::Split;
-use vgg::store::PreparedSplit;
+use vgg::net::checkpoint::{Checkpoint, NamedTensor};
+use vgg::net::graph::vgg::{self as graphs, ParamKind};
+use vgg::net::session::{self, SessionSettings};
+use vgg::util::rng::{Rng, Stream};
 
 use crate::fixtures::{self, ValForm};
 use crate::gradients::{run, T};

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use crate::cli::{text, vgg};
-use vgg::checkpoint::{self, Checkpoint, NamedTensor};
-use vgg::init::{self, Init};
-use vgg::model::{Conv, VggConfig};
+use vgg::config::model::{Conv, VggConfig};
+use vgg::net::checkpoint::{self, Checkpoint, NamedTensor};
+use vgg::net::init::{self, Init};
 
 fn ok_json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", text(o));

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use vgg::imaging::encode_jpeg;
-use vgg::registry::{DatasetSpec, Registry};
+use vgg::config::registry::{DatasetSpec, Registry};
+use vgg::data::imaging::encode_jpeg;
 
 pub const CLASSES: [&str; 3] = ["n01440764", "n02102040", "n02979186"];
 
@@ -174,7 +174,7 @@ pub fn imagenet(per_class: u32, val_form: ValForm) -> Fixture {
         ValForm::Devkit => {
             // The devkit numbers classes in its own order: here the reverse of sorted wnids,
             // plus the rest of the 1000 ids on unrelated wnids.
-            use vgg::source::devkit::{mat_writer, DevkitSynset};
+            use vgg::data::source::devkit::{mat_writer, DevkitSynset};
             let mut synsets: Vec<DevkitSynset> = CLASSES
                 .iter()
                 .rev()

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
-use vgg::graph::autodiff;
-use vgg::graph::ir::{Attr, Dim, ElemType, Graph};
-use vgg::rng::{Rng, Stream};
-use vgg::session::{self, SessionSettings};
+use vgg::net::graph::autodiff;
+use vgg::net::graph::ir::{Attr, Dim, ElemType, Graph};
+use vgg::net::session::{self, SessionSettings};
+use vgg::util::rng::{Rng, Stream};
 
 /// A named float32 tensor.
 #[derive(Clone)]
@@ -446,7 +446,7 @@ fn softmax_cross_entropy_loss() {
                 &[&n[1]],
                 &[("to", Attr::Int(ElemType::I64.onnx_code()))],
             );
-            vgg::graph::vgg::loss_and_hits(g, &n[0], &l, 6, 4).0
+            vgg::net::graph::vgg::loss_and_hits(g, &n[0], &l, 6, 4).0
         },
         1e-2,
         12,

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 
 use ort::value::Tensor;
-use vgg::graph::vgg::{self as graphs, InputForm, ParamKind, StepOptions, MOMENTUM, NEXT};
-use vgg::model::{Conv, VggConfig, ALEXNET_LRN};
-use vgg::rng::{Rng, Stream};
-use vgg::session::{self, SessionSettings};
+use vgg::config::model::{Conv, VggConfig, ALEXNET_LRN};
+use vgg::net::graph::vgg::{self as graphs, InputForm, ParamKind, StepOptions, MOMENTUM, NEXT};
+use vgg::net::session::{self, SessionSettings};
+use vgg::util::rng::{Rng, Stream};
 
 use crate::gradients::{run, T};
 

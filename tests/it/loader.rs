@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use vgg::loader::{Loader, LoaderError, LoaderOptions, Mode};
-use vgg::pipeline::{LoaderSettings, Order, OutputKind, Pipeline};
-use vgg::prepare::PrepareOptions;
-use vgg::registry::Registry;
-use vgg::source::Split;
-use vgg::store::PreparedSplit;
+use vgg::config::pipeline::{LoaderSettings, Order, OutputKind, Pipeline};
+use vgg::config::registry::Registry;
+use vgg::data::loader::{Loader, LoaderError, LoaderOptions, Mode};
+use vgg::data::prepare::PrepareOptions;
+use vgg::data::source::Split;
+use vgg::data::store::PreparedSplit;
 
 use crate::prepare::run;
 
@@ -224,7 +224,7 @@ fn dropping_the_loader_mid_epoch_stops_its_threads() {
 
 fn corrupt_record(shard: &PathBuf, record: usize) -> String {
     let (key, payload) = {
-        let r = vgg::shard::ShardReader::open(shard).unwrap();
+        let r = vgg::data::shard::ShardReader::open(shard).unwrap();
         let rec = r.record(record).unwrap();
         (rec.key.to_string(), rec.bytes.to_vec())
     };
@@ -286,7 +286,7 @@ fn the_shipped_pipelines_are_valid() {
     let j = Pipeline::load(&dir.join("vgg-jitter-256-512.toml")).unwrap();
     assert_eq!(
         j.train.scale,
-        vgg::augment::Scale::Jitter { min: 256, max: 512 }
+        vgg::data::augment::Scale::Jitter { min: 256, max: 512 }
     );
     assert_eq!(j.eval.scale, 384);
 }
@@ -295,10 +295,10 @@ fn the_shipped_pipelines_are_valid() {
 fn eval_batches_are_centre_crops_in_storage_order() {
     let dir = tempfile::tempdir().unwrap();
     let (split, p) = prepared_toy(dir.path());
-    let eval = vgg::augment::EvalTransform {
+    let eval = vgg::data::augment::EvalTransform {
         scale: 40,
         crop: Some(28),
-        mean: vgg::augment::VGG_MEAN,
+        mean: vgg::data::augment::VGG_MEAN,
     };
     let mut o = options(&p, 2, 0, |s| {
         s.order = Order::Sequential;
@@ -311,18 +311,18 @@ fn eval_batches_are_centre_crops_in_storage_order() {
         batches.iter().map(|b| b.2.len()).collect::<Vec<_>>(),
         [16, 16, 8]
     );
-    let mut scratch = vgg::augment::Scratch::default();
+    let mut scratch = vgg::data::augment::Scratch::default();
     let per = 3 * 28 * 28;
     for (images, _, indices) in &batches {
         for (j, &g) in indices.iter().enumerate() {
             let (k, i) = split.locate(g);
             let rec = split.shards[k].record(i).unwrap();
             let mut want = vec![0f32; per];
-            vgg::augment::eval_sample(
+            vgg::data::augment::eval_sample(
                 &rec,
                 &eval,
                 &mut scratch,
-                vgg::augment::Output::F32Chw(&mut want),
+                vgg::data::augment::Output::F32Chw(&mut want),
             )
             .unwrap();
             assert!(images[j * per..(j + 1) * per] == want[..], "record {g}");

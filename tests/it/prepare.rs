@@ -3,19 +3,19 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use vgg::manifest::Manifest;
-use vgg::prepare::{prepare, Part, PrepareError, PrepareOptions, Progress, Silent};
-use vgg::shard::{Encoding, RecordFlags, ShardReader};
-use vgg::source::Split;
-use vgg::store::{self, PreparedSplit};
+use vgg::data::manifest::Manifest;
+use vgg::data::prepare::{prepare, Part, PrepareError, PrepareOptions, Progress, Silent};
+use vgg::data::shard::{Encoding, RecordFlags, ShardReader};
+use vgg::data::source::Split;
+use vgg::data::store::{self, PreparedSplit};
 
 use crate::fixtures::{self, tree, ValForm};
 
 /// Prepares without progress output or interruption.
 pub fn run(
-    spec: &vgg::registry::DatasetSpec,
+    spec: &vgg::config::registry::DatasetSpec,
     opts: &PrepareOptions,
-) -> Vec<vgg::prepare::SplitReport> {
+) -> Vec<vgg::data::prepare::SplitReport> {
     prepare(spec, opts, &Silent, &AtomicBool::new(false)).unwrap()
 }
 
@@ -73,11 +73,11 @@ fn stores_every_good_file_and_reports_every_bad_one() {
             let rec = rec.unwrap();
             assert_eq!(by_key[rec.key], rec.label, "{}", rec.key);
             seen.push(rec.key.to_string());
-            let d = vgg::imaging::decode_rgb8(rec.bytes, u64::MAX).unwrap();
+            let d = vgg::data::imaging::decode_rgb8(rec.bytes, u64::MAX).unwrap();
             assert_eq!((d.width, d.height), (rec.width, rec.height));
             assert!(rec.width.min(rec.height) <= 96, "{} not capped", rec.key);
             let source = std::fs::read(fx.root.join("train").join(rec.key)).unwrap();
-            let src = vgg::imaging::decode_rgb8(&source, u64::MAX).unwrap();
+            let src = vgg::data::imaging::decode_rgb8(&source, u64::MAX).unwrap();
             if src.width.min(src.height) > 96 {
                 assert!(rec.flags.has(RecordFlags::RESIZED));
                 assert_eq!(rec.width.min(rec.height), 96);
@@ -85,7 +85,12 @@ fn stores_every_good_file_and_reports_every_bad_one() {
                 assert!((ratio(rec.width, rec.height) - ratio(src.width, src.height)).abs() < 0.02);
             } else if rec.key.ends_with("cmyk.JPEG") || rec.key.ends_with("png_named_jpeg.JPEG") {
                 assert!(!rec.flags.has(RecordFlags::PASSTHROUGH));
-                assert_eq!(vgg::imaging::jpeg_header(rec.bytes).unwrap().components, 3);
+                assert_eq!(
+                    vgg::data::imaging::jpeg_header(rec.bytes)
+                        .unwrap()
+                        .components,
+                    3
+                );
             } else {
                 // Already a JPEG within the cap: the original bytes, untouched.
                 assert!(rec.flags.has(RecordFlags::PASSTHROUGH), "{}", rec.key);
@@ -111,7 +116,7 @@ fn cmyk_is_converted_to_the_right_colour() {
         .find(|r| r.key.ends_with("cmyk.JPEG"))
         .unwrap();
     assert!(rec.flags.has(RecordFlags::CMYK_SOURCE));
-    let d = vgg::imaging::decode_rgb8(rec.bytes, u64::MAX).unwrap();
+    let d = vgg::data::imaging::decode_rgb8(rec.bytes, u64::MAX).unwrap();
     let centre = ((d.height / 2 * d.width + d.width / 2) * 3) as usize;
     let px = &d.rgb[centre..centre + 3];
     // C=0 M=1 Y=1 K=0 is red.

@@ -7,10 +7,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use vgg::checkpoint::{self, Checkpoint, NamedTensor};
-use vgg::graph::vgg as graphs;
-use vgg::model::VggConfig;
-use vgg::session::{self, SessionSettings};
+use vgg::config::model::VggConfig;
+use vgg::net::checkpoint::{self, Checkpoint, NamedTensor};
+use vgg::net::graph::vgg as graphs;
+use vgg::net::session::{self, SessionSettings};
 
 use crate::gradients::{run, T};
 

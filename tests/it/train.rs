@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use vgg::checkpoint::Checkpoint;
-use vgg::pipeline::Pipeline;
-use vgg::prepare::PrepareOptions;
-use vgg::registry::Registry;
-use vgg::session::SessionSettings;
-use vgg::source::Split;
-use vgg::store::PreparedSplit;
+use vgg::config::pipeline::Pipeline;
+use vgg::config::registry::Registry;
+use vgg::data::prepare::PrepareOptions;
+use vgg::data::source::Split;
+use vgg::data::store::PreparedSplit;
+use vgg::net::checkpoint::Checkpoint;
+use vgg::net::session::SessionSettings;
 use vgg::train::{self, Ending, Quiet, TrainError, TrainOptions};
 
 use crate::prepare::run;
@@ -280,8 +280,8 @@ fn a_checkpoint_of_a_pre_initialises_the_matching_layers_of_d() {
 
 #[test]
 fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
-    use vgg::graph::vgg::{self as graphs, StepOptions, MOMENTUM, NEXT};
-    use vgg::loader::{Loader, LoaderOptions, Mode};
+    use vgg::data::loader::{Loader, LoaderOptions, Mode};
+    use vgg::net::graph::vgg::{self as graphs, StepOptions, MOMENTUM, NEXT};
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path());
     let p = pipeline(
@@ -289,8 +289,8 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
         "[optimizer]\ndropout = 0.5\n[training]\ninit = { kind = \"glorot\" }\n",
     );
     let config = p.model.clone().unwrap();
-    let params = vgg::init::initialise(&config, vgg::init::Init::Glorot, 1);
-    let momenta = vgg::init::zero_momenta(&params);
+    let params = vgg::net::init::initialise(&config, vgg::net::init::Init::Glorot, 1);
+    let momenta = vgg::net::init::zero_momenta(&params);
     let opts = StepOptions {
         batch: 16,
         ..Default::default()
@@ -302,7 +302,7 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
     let mut bound =
         vgg::train::step::StepSession::new(&config, &opts, 0.5, &params, &momenta, &settings)
             .unwrap();
-    let mut plain = vgg::session::build(
+    let mut plain = vgg::net::session::build(
         &graphs::train_step_graph(&config, &opts).unwrap(),
         &settings,
     )
@@ -339,9 +339,9 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
         // The same step by hand: masks as the session draws them.
         let masks: Vec<crate::gradients::T> = (0..2)
             .map(|i| {
-                let mut rng = vgg::rng::Rng::new(
+                let mut rng = vgg::util::rng::Rng::new(
                     7,
-                    vgg::rng::Stream::Dropout,
+                    vgg::util::rng::Stream::Dropout,
                     b.epoch,
                     (b.number * 2 + i) as u64,
                 );
@@ -391,7 +391,7 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
 
 #[test]
 fn cuda_without_a_cuda_runtime_is_one_clear_error() {
-    let info = vgg::runtime::info().unwrap();
+    let info = vgg::net::runtime::info().unwrap();
     if info.providers.iter().any(|p| p == "CUDAExecutionProvider") {
         eprintln!("SKIPPED: this ONNX Runtime has the CUDA provider");
         return;
@@ -400,7 +400,7 @@ fn cuda_without_a_cuda_runtime_is_one_clear_error() {
     let data = dataset(dir.path());
     let p = pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
     let mut o = options(p, &data, &dir.path().join("run"));
-    o.session.device = vgg::session::Device::Cuda(0);
+    o.session.device = vgg::net::session::Device::Cuda(0);
     let err = train::train(o, &mut Quiet).unwrap_err().to_string();
     assert!(
         err.contains("no CUDA execution provider") && err.contains("onnxruntime-gpu"),

@@ -1,8 +1,8 @@
 //! ImageNet's three validation label forms must give the same labels.
 
-use vgg::prepare::PrepareOptions;
-use vgg::source::{self, Split};
-use vgg::store::PreparedSplit;
+use vgg::data::prepare::PrepareOptions;
+use vgg::data::source::{self, Split};
+use vgg::data::store::PreparedSplit;
 
 use crate::fixtures::{self, ValForm, CLASSES};
 use crate::prepare::run;

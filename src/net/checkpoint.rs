@@ -4,12 +4,12 @@
 //! ## Why safetensors
 //! A checkpoint is the one artefact of a training run that outlives this toolkit: it is read
 //! back to resume, to evaluate, to pre-initialise a deeper network (the paper's scheme, see
-//! [`crate::init::pre_initialise`]) and, often, by other tools. safetensors is a flat file (an
+//! [`crate::net::init::pre_initialise`]) and, often, by other tools. safetensors is a flat file (an
 //! 8-byte header length, a JSON header naming every tensor's dtype, shape and byte range, then
 //! the raw little-endian data) that PyTorch (`safetensors.torch.load_file`), Hugging Face tools
 //! and NumPy read directly, with no code execution on load (unlike a pickled `.pt`). The tensors
 //! keep the layout of torchvision's modules (`[out, in, k, k]` for a conv, `[out, in]` for an
-//! FC layer; see [`crate::graph::vgg`]), so [`to_torchvision`] only renames them.
+//! FC layer; see [`crate::net::graph::vgg`]), so [`to_torchvision`] only renames them.
 //!
 //! ## Layout
 //! * every parameter under its project name (`conv1_1.weight`, ..., `fc8.bias`), float32;
@@ -39,8 +39,8 @@ use memmap2::Mmap;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
 
-use crate::graph::vgg::{parameters, torchvision_name, ParamSpec, MOMENTUM};
-use crate::model::VggConfig;
+use crate::config::model::VggConfig;
+use crate::net::graph::vgg::{parameters, torchvision_name, ParamSpec, MOMENTUM};
 
 /// Metadata key of the file format version.
 pub const FORMAT_KEY: &str = "vgg.format";
@@ -684,7 +684,7 @@ fn write_views<'a>(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let tmp = crate::shard::temp_path(path);
+    let tmp = crate::data::shard::temp_path(path);
     let result = (|| {
         safetensors::serialize_to_file(tensors, Some(metadata), &tmp).map_err(|e| match e {
             safetensors::SafeTensorError::IoError(source) => CheckpointError::Io {
@@ -705,7 +705,7 @@ fn write_views<'a>(
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    crate::shard::sync_dir(path);
+    crate::data::shard::sync_dir(path);
     Ok(())
 }
 

@@ -26,11 +26,11 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use ndarray::{ArrayView2, ArrayView4};
 use rayon::prelude::*;
 
-use crate::augment::{self, AugmentError, EvalTransform, Output, Scratch, TrainTransform};
-use crate::pipeline::{LoaderSettings, Order, OutputKind};
-use crate::rng::{Rng, Stream};
-use crate::shard::RecordRef;
-use crate::store::PreparedSplit;
+use crate::config::pipeline::{LoaderSettings, Order, OutputKind};
+use crate::data::augment::{self, AugmentError, EvalTransform, Output, Scratch, TrainTransform};
+use crate::data::shard::RecordRef;
+use crate::data::store::PreparedSplit;
+use crate::util::rng::{Rng, Stream};
 
 /// What the loader produces per sample.
 #[derive(Debug, Clone, PartialEq)]

@@ -30,10 +30,10 @@ use std::collections::HashMap;
 
 use rayon::prelude::*;
 
-use crate::checkpoint::{spec_shape, CheckpointError, NamedTensor, TensorMismatch};
-use crate::graph::vgg::{parameters, LayerType, ParamKind, ParamSpec, MOMENTUM};
-use crate::model::VggConfig;
-use crate::rng::{Rng, Stream};
+use crate::config::model::VggConfig;
+use crate::net::checkpoint::{spec_shape, CheckpointError, NamedTensor, TensorMismatch};
+use crate::net::graph::vgg::{parameters, LayerType, ParamKind, ParamSpec, MOMENTUM};
+use crate::util::rng::{Rng, Stream};
 
 /// How to draw the weights (biases are always zero).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]

@@ -8,7 +8,7 @@
 //!   once from `onnx.proto` and checked in).
 //! - [`autodiff`]: a reverse-mode differentiator over the operators the configurations use.
 //! - [`vgg`]: the forward, dense-evaluation and training-step graphs of a
-//!   [`VggConfig`](crate::model::VggConfig), and the parameter names and layout.
+//!   [`VggConfig`](crate::config::model::VggConfig), and the parameter names and layout.
 
 pub mod autodiff;
 pub mod ir;

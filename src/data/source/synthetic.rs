@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::rng::{Rng, Stream};
+use crate::util::rng::{Rng, Stream};
 
 /// Shape names, one per class, in class order. The folder of class `i` is
 /// `format!("synthetic-{}", SHAPES[i])`.

@@ -18,13 +18,13 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::imaging::{self, DecodeError, SourceColor};
-use crate::manifest::{
+use crate::config::registry::{DatasetSpec, SourceKind, StorePolicy};
+use crate::data::imaging::{self, DecodeError, SourceColor};
+use crate::data::manifest::{
     self, Conversions, Manifest, ManifestClass, ManifestShard, SourceInfo, FORMAT, FORMAT_VERSION,
 };
-use crate::registry::{DatasetSpec, SourceKind, StorePolicy};
-use crate::shard::{self, Encoding, RecordFlags, ShardError, ShardReader, ShardWriter};
-use crate::source::{self, synthetic, Listing, Skipped, SourceError, SourceFile, Split};
+use crate::data::shard::{self, Encoding, RecordFlags, ShardError, ShardReader, ShardWriter};
+use crate::data::source::{self, synthetic, Listing, Skipped, SourceError, SourceFile, Split};
 
 /// Records decoded in parallel before being appended in order.
 const CHUNK: usize = 128;

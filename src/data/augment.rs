@@ -10,7 +10,7 @@
 //!    records are used straight from the (memory-mapped) record, no copy.
 //! 2. Isotropic rescale so the shortest side is S ([`Scale::Fixed`] or, for scale jitter, drawn
 //!    per image uniformly among the integers `min..=max`), the long side rounded to nearest
-//!    ([`crate::imaging::scaled_size`]).
+//!    ([`crate::data::imaging::scaled_size`]).
 //! 3. A `crop x crop` window (224 in the paper) at a uniformly drawn origin ([`crop_origin`]).
 //! 4. Horizontal flip with probability `flip_p` (0.5).
 //! 5. AlexNet's PCA lighting: the same RGB vector ([`pca_shift`]) added to every pixel, with
@@ -78,9 +78,9 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-use crate::imaging::{jpeg_is_complete, scaled_size};
-use crate::rng::{Rng, Stream};
-use crate::shard::{Encoding, RecordRef};
+use crate::data::imaging::{jpeg_is_complete, scaled_size};
+use crate::data::shard::{Encoding, RecordRef};
+use crate::util::rng::{Rng, Stream};
 
 /// Mean RGB of the ImageNet training set on the 0-255 scale (the authors' released Caffe models,
 /// given there in BGR order).
@@ -593,8 +593,8 @@ fn row_to_planes<const FLIP: bool>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::imaging::{encode_jpeg, jpeg_header, resize_rgb8};
-    use crate::shard::RecordFlags;
+    use crate::data::imaging::{encode_jpeg, jpeg_header, resize_rgb8};
+    use crate::data::shard::RecordFlags;
 
     /// A textured test image: gradients, a hard edge and noise (the hardest case for rounding).
     fn texture(w: u32, h: u32, seed: u64) -> Vec<u8> {
@@ -1075,7 +1075,7 @@ mod tests {
             "mean abs JPEG error {err} (noisy source, 4:2:0 chroma)"
         );
         // The same pixels as the store's decoder (the `image` crate) gives.
-        let store = crate::imaging::decode_rgb8(&jpg, 1 << 20).unwrap();
+        let store = crate::data::imaging::decode_rgb8(&jpg, 1 << 20).unwrap();
         assert_eq!(px, &store.rgb[..]);
 
         // Grayscale JPEG: one component in, R = G = B out.

@@ -4,7 +4,7 @@
 //! validation sets, learning rate, images per second) as PNG files every epoch, so a person can
 //! follow a run with nothing but an image viewer. There is no plotting crate in the build, so
 //! this module draws small line charts straight onto an [`image::RgbImage`] and writes the text
-//! with the embedded bitmap font of [`crate::contact_sheet`].
+//! with the embedded bitmap font of [`crate::report::contact_sheet`].
 //!
 //! A chart has its title on top, the y label on the left (reading bottom to top), the x label
 //! below, light grey grid lines at 4-6 "nice" tick values (1, 2 or 5 times a power of ten;
@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use image::{ImageFormat, Rgb, RgbImage};
 
-use crate::contact_sheet::{draw_text, text_width};
+use crate::report::contact_sheet::{draw_text, text_width};
 
 /// One line on a chart.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -258,7 +258,7 @@ pub fn render_grid(charts: &[Chart], columns: u32, width: u32, height: u32) -> R
     img
 }
 
-/// Writes `img` as PNG to `path` atomically ([`crate::manifest::write_atomic`]: a temporary
+/// Writes `img` as PNG to `path` atomically ([`crate::data::manifest::write_atomic`]: a temporary
 /// file, synced and renamed over `path`). On any failure the temporary file is removed and the
 /// error names `path`.
 pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), PlotError> {
@@ -268,7 +268,7 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), PlotError> {
             path: path.to_path_buf(),
             source,
         })?;
-    crate::manifest::write_atomic(path, &bytes).map_err(|source| PlotError::Io {
+    crate::data::manifest::write_atomic(path, &bytes).map_err(|source| PlotError::Io {
         path: path.to_path_buf(),
         source,
     })

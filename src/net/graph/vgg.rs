@@ -29,7 +29,7 @@
 
 use super::autodiff::{self, AutodiffError};
 use super::ir::{Dim, ElemType, Graph, TensorData};
-use crate::model::VggConfig;
+use crate::config::model::VggConfig;
 
 /// Weight or bias.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -560,7 +560,7 @@ mod tests {
 
     #[test]
     fn parameter_layout_matches_the_summary() {
-        for name in crate::model::PAPER_CONFIGS {
+        for name in crate::config::model::PAPER_CONFIGS {
             let c = VggConfig::paper(name).unwrap();
             let total: usize = parameters(&c).iter().map(|p| p.numel()).sum();
             assert_eq!(total as u64, c.summary().parameters, "{name}");

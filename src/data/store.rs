@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use serde::Serialize;
 
-use crate::imaging;
-use crate::manifest::{self, Conversions, Manifest, ManifestClass, ManifestError};
-use crate::shard::{Encoding, ShardError, ShardReader};
-use crate::source::Split;
+use crate::data::imaging;
+use crate::data::manifest::{self, Conversions, Manifest, ManifestClass, ManifestError};
+use crate::data::shard::{Encoding, ShardError, ShardReader};
+use crate::data::source::Split;
 
 /// Why a prepared split could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -157,7 +157,7 @@ pub struct SplitSummary {
     pub skipped_by_reason: BTreeMap<String, u64>,
     pub classes: Vec<ManifestClass>,
     pub shards: Vec<manifest::ManifestShard>,
-    pub store: crate::registry::StorePolicy,
+    pub store: crate::config::registry::StorePolicy,
     pub source_fingerprint: String,
 }
 

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::registry::{SourceKind, StorePolicy};
-use crate::source::{Skipped, Split};
+use crate::config::registry::{SourceKind, StorePolicy};
+use crate::data::source::{Skipped, Split};
 
 /// `format` value of every manifest.
 pub const FORMAT: &str = "vgg-shards";
@@ -162,7 +162,7 @@ pub fn skipped_tsv(skipped: &[Skipped]) -> String {
 
 /// Writes a file atomically: temporary name, sync, rename, sync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = crate::shard::temp_path(path);
+    let tmp = crate::data::shard::temp_path(path);
     let result = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -173,6 +173,6 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result?;
-    crate::shard::sync_dir(path);
+    crate::data::shard::sync_dir(path);
     Ok(())
 }

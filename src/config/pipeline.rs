@@ -39,16 +39,16 @@
 //! crop = 224                 # centre crop; omit to keep the whole image
 //! ```
 //!
-//! The stages run as one fused kernel per sample ([`crate::augment`]), so their order is
+//! The stages run as one fused kernel per sample ([`crate::data::augment`]), so their order is
 //! fixed: decode, scale, crop, then optional flip and PCA lighting, then normalize.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::augment::{EvalTransform, Scale, TrainTransform, VGG_MEAN};
-use crate::model::{ModelError, VggConfig};
-use crate::train::settings::{self, OptimizerSettings, Schedule, TrainingSettings};
+use crate::config::model::{ModelError, VggConfig};
+use crate::config::training::{self, OptimizerSettings, Schedule, TrainingSettings};
+use crate::data::augment::{EvalTransform, Scale, TrainTransform, VGG_MEAN};
 
 /// Why a pipeline file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -273,9 +273,9 @@ struct RawPipeline {
     loader: LoaderSettings,
     train: TrainSection,
     eval: Option<EvalSection>,
-    /// The network: a row of Table 1 and its overrides (see [`crate::model`]).
+    /// The network: a row of Table 1 and its overrides (see [`crate::config::model`]).
     model: Option<toml::Table>,
-    /// The trainer's settings (see [`crate::train::settings`]).
+    /// The trainer's settings (see [`crate::config::training`]).
     #[serde(default)]
     optimizer: OptimizerSettings,
     #[serde(default)]
@@ -403,7 +403,7 @@ impl Pipeline {
                 Some(m)
             }
         };
-        settings::validate(&raw.optimizer, &raw.schedule, &raw.training)
+        training::validate(&raw.optimizer, &raw.schedule, &raw.training)
             .map_err(|(key, message)| invalid(&key, message))?;
         let name = raw.name.unwrap_or_else(|| {
             path.file_stem()

@@ -12,8 +12,8 @@ use ort::ep::CUDA;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 
-use crate::graph::ir::Graph;
-use crate::runtime::{self, RuntimeError};
+use crate::net::graph::ir::Graph;
+use crate::net::runtime::{self, RuntimeError};
 
 /// Where a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -26,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::shard::Encoding;
-use crate::source::synthetic::SyntheticSpec;
+use crate::data::shard::Encoding;
+use crate::data::source::synthetic::SyntheticSpec;
 
 /// The default registry path.
 pub const DEFAULT_PATH: &str = "datasets.toml";
@@ -65,7 +65,7 @@ pub enum SourceKind {
     Imagenet,
     /// Any class-folder tree: `root/train/<class>/*`, `root/val/<class>/*`.
     Folder,
-    /// The generated synthetic-shapes set (see [`crate::source::synthetic`]).
+    /// The generated synthetic-shapes set (see [`crate::data::source::synthetic`]).
     Synthetic,
 }
 

@@ -7,7 +7,7 @@
 //! lr = 0.01              # the paper's initial learning rate
 //! momentum = 0.9
 //! weight_decay = 5e-4
-//! decay_biases = false   # see vgg::graph::vgg for why biases are not decayed
+//! decay_biases = false   # see vgg::net::graph::vgg for why biases are not decayed
 //! dropout = 0.5          # on the first two FC layers
 //!
 //! [schedule]
@@ -35,7 +35,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::init::Init;
+use crate::net::init::Init;
 
 /// SGD with momentum and L2 weight decay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,5 @@
+//! Small mechanisms every stage uses, kept in one place so each exists once: atomic file
+//! writes, per-sample random streams, progress reporting with cancellation, and readings of the
+//! machine (CPU, cores, peak memory) that benchmarks and reports print.
+
+pub mod rng;
