@@ -95,7 +95,7 @@ pub fn run(_c: &Common, a: &Args) -> Result<ExitCode> {
         }
     }
     let bytes = graph.encode();
-    vgg::data::manifest::write_atomic(&a.out, &bytes)
+    vgg::util::fs::write_atomic(&a.out, &bytes)
         .with_context(|| format!("cannot write {}", a.out.display()))?;
     println!(
         "{}: {} graph of {} ({} nodes, {:.1} MiB)",

@@ -4,8 +4,7 @@
 //! The manifest holds no timestamps or host names: preparing the same source with the same policy
 //! gives a byte-identical manifest, whether on one machine or split over many with `--part`.
 
-use std::fs::{self, File};
-use std::io::Write;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -160,19 +159,3 @@ pub fn skipped_tsv(skipped: &[Skipped]) -> String {
     s
 }
 
-/// Writes a file atomically: temporary name, sync, rename, sync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = crate::data::shard::temp_path(path);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    crate::data::shard::sync_dir(path);
-    Ok(())
-}

@@ -603,10 +603,10 @@ fn assemble(spec: &DatasetSpec, listing: &Listing, plan: &Plan) -> Result<Manife
         shards,
     };
     let skipped_path = plan.dir.join(manifest::SKIPPED_FILE);
-    manifest::write_atomic(&skipped_path, manifest::skipped_tsv(&skipped).as_bytes())
+    crate::util::fs::write_atomic(&skipped_path, manifest::skipped_tsv(&skipped).as_bytes())
         .map_err(io_at(&skipped_path))?;
     let manifest_path = plan.dir.join(manifest::FILE_NAME);
-    manifest::write_atomic(&manifest_path, m.to_json().as_bytes())
+    crate::util::fs::write_atomic(&manifest_path, m.to_json().as_bytes())
         .map_err(io_at(&manifest_path))?;
     Ok(m)
 }

@@ -36,7 +36,7 @@ use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::TensorView;
+use safetensors::tensor::{Metadata, TensorInfo, TensorView};
 use safetensors::{Dtype, SafeTensors, View};
 
 use crate::config::model::VggConfig;
@@ -673,9 +673,10 @@ impl View for F32View<'_> {
     }
 }
 
-/// Writes a safetensors file atomically: safetensors streams it to a temporary name in the
-/// destination's directory, which is synced to disk and renamed over `path`; then the
-/// directory is synced so the rename itself survives a crash.
+/// Writes a safetensors file atomically ([`crate::util::fs::write_atomic_with`]): the header is
+/// built by safetensors' own [`Metadata`] (tensors in the order given, contiguous), then the
+/// tensor bytes stream straight from the parameter buffers to the temporary file, with no copy of
+/// the whole file in memory.
 fn write_views<'a>(
     path: &Path,
     tensors: impl Iterator<Item = (&'a str, F32View<'a>)>,
@@ -684,29 +685,40 @@ fn write_views<'a>(
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
-    let tmp = crate::data::shard::temp_path(path);
-    let result = (|| {
-        safetensors::serialize_to_file(tensors, Some(metadata), &tmp).map_err(|e| match e {
-            safetensors::SafeTensorError::IoError(source) => CheckpointError::Io {
-                path: tmp.clone(),
-                source,
+    let views: Vec<(&str, F32View<'_>)> = tensors.collect();
+    let mut infos = Vec::with_capacity(views.len());
+    let mut offset = 0usize;
+    for (name, v) in &views {
+        let end = offset + v.data_len();
+        infos.push((
+            name.to_string(),
+            TensorInfo {
+                dtype: Dtype::F32,
+                shape: v.shape.to_vec(),
+                data_offsets: (offset, end),
             },
-            other => CheckpointError::Format {
-                path: path.to_path_buf(),
-                message: format!("cannot serialise: {other}"),
-            },
-        })?;
-        File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io(&tmp))?;
-        fs::rename(&tmp, path).map_err(io(path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        ));
+        offset = end;
     }
-    result?;
-    crate::data::shard::sync_dir(path);
-    Ok(())
+    let format_error = |message: String| CheckpointError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let header = Metadata::new(Some(metadata), infos)
+        .map_err(|e| format_error(format!("cannot serialise: {e}")))?;
+    let mut header = serde_json::to_vec(&header)
+        .map_err(|e| format_error(format!("cannot serialise the header: {e}")))?;
+    // The format pads the JSON header with spaces so the tensor data starts 8-byte aligned.
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    crate::util::fs::write_atomic_with(path, |w| {
+        w.write_all(&(header.len() as u64).to_le_bytes())?;
+        w.write_all(&header)?;
+        for (_, v) in &views {
+            w.write_all(&v.data())?;
+        }
+        Ok(())
+    })
+    .map_err(io(path))
 }
 
 #[cfg(test)]

@@ -314,7 +314,7 @@ pub fn render(tiles: &[Tile], opts: &SheetOptions) -> RgbImage {
 }
 
 /// Renders the sheet and writes it as PNG to `path` atomically: the bytes go to a temporary
-/// file in the same directory ([`crate::data::manifest::write_atomic`]), synced and renamed over `path`. On
+/// file in the same directory ([`crate::util::fs::write_atomic`]), synced and renamed over `path`. On
 /// any failure the temporary file is removed and the error names `path`.
 pub fn write_png(path: &Path, tiles: &[Tile], opts: &SheetOptions) -> Result<(), SheetError> {
     let img = render(tiles, opts);
@@ -324,7 +324,7 @@ pub fn write_png(path: &Path, tiles: &[Tile], opts: &SheetOptions) -> Result<(),
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-    crate::data::manifest::write_atomic(path, &bytes).map_err(|source| SheetError::Io {
+    crate::util::fs::write_atomic(path, &bytes).map_err(|source| SheetError::Io {
         path: path.to_path_buf(),
         source,
     })

@@ -258,7 +258,7 @@ pub fn render_grid(charts: &[Chart], columns: u32, width: u32, height: u32) -> R
     img
 }
 
-/// Writes `img` as PNG to `path` atomically ([`crate::data::manifest::write_atomic`]: a temporary
+/// Writes `img` as PNG to `path` atomically ([`crate::util::fs::write_atomic`]: a temporary
 /// file, synced and renamed over `path`). On any failure the temporary file is removed and the
 /// error names `path`.
 pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), PlotError> {
@@ -268,7 +268,7 @@ pub fn write_png(path: &Path, img: &RgbImage) -> Result<(), PlotError> {
             path: path.to_path_buf(),
             source,
         })?;
-    crate::data::manifest::write_atomic(path, &bytes).map_err(|source| PlotError::Io {
+    crate::util::fs::write_atomic(path, &bytes).map_err(|source| PlotError::Io {
         path: path.to_path_buf(),
         source,
     })

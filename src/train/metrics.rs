@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::data::manifest::write_atomic;
+use crate::util::fs::write_atomic;
 use crate::report::plot::{self, Chart, Series};
 
 /// File name of the metrics log in a run directory.

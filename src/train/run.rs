@@ -268,7 +268,7 @@ pub fn train(
     let best_path = o.out.join(BEST);
     if !o.resume {
         let text = std::fs::read(&p.path).unwrap_or_default();
-        crate::data::manifest::write_atomic(&o.out.join("pipeline.toml"), &text).map_err(|e| {
+        crate::util::fs::write_atomic(&o.out.join("pipeline.toml"), &text).map_err(|e| {
             TrainError::Io {
                 path: o.out.join("pipeline.toml"),
                 source: e,

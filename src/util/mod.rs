@@ -2,4 +2,5 @@
 //! writes, per-sample random streams, progress reporting with cancellation, and readings of the
 //! machine (CPU, cores, peak memory) that benchmarks and reports print.
 
+pub mod fs;
 pub mod rng;

@@ -35,7 +35,7 @@ mod reader;
 mod writer;
 
 pub use reader::{RecordRef, ShardReader};
-pub use writer::{sync_dir, temp_path, ShardWriter, WrittenShard};
+pub use writer::{ShardWriter, WrittenShard};
 
 use std::path::PathBuf;
 

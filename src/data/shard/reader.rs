@@ -245,7 +245,7 @@ mod tests {
     fn write_then_read_every_field() {
         let dir = tempfile::tempdir().unwrap();
         let (path, payloads) = write_sample(dir.path());
-        assert!(!super::super::writer::temp_path(&path).exists());
+        assert!(!crate::util::fs::temp_path(&path).exists());
         let r = ShardReader::open(&path).unwrap();
         assert_eq!(r.len(), payloads.len());
         assert_eq!(r.header().plan_hash, 99);

@@ -1,8 +1,9 @@
 //! Writes one shard under a temporary name and publishes it atomically.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+use crate::util::fs::{temp_path, AtomicFile};
 
 use super::{
     place, Encoding, Header, IndexRow, RecordFlags, ShardError, HEADER_LEN, PAGE, ROW_LEN, VERSION,
@@ -17,10 +18,10 @@ pub struct WrittenShard {
     pub payload_bytes: u64,
 }
 
-/// Appends records to a shard being written. Dropping it before [`ShardWriter::finish`] removes
-/// the temporary file, so an error or an interruption never leaves a partial shard behind.
+/// Appends records to a shard being written, through an [`AtomicFile`]. Dropping it before
+/// [`ShardWriter::finish`] removes the temporary file, so an error or an interruption never leaves a partial shard behind.
 pub struct ShardWriter {
-    out: Option<BufWriter<File>>,
+    out: Option<AtomicFile>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     plan_hash: u64,
@@ -31,16 +32,6 @@ pub struct ShardWriter {
     count: u64,
 }
 
-/// The temporary name a shard is written under: hidden, in the same directory (so the final
-/// rename is atomic), and recognisable so a resumed run can sweep leftovers.
-pub fn temp_path(final_path: &Path) -> PathBuf {
-    let name = final_path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    final_path.with_file_name(format!(".{name}.tmp"))
-}
-
 impl ShardWriter {
     /// Starts a shard that will appear at `final_path` when finished.
     pub fn create(final_path: &Path, plan_hash: u64) -> Result<Self, ShardError> {
@@ -49,8 +40,7 @@ impl ShardWriter {
             path: tmp_path.clone(),
             source,
         };
-        let file = File::create(&tmp_path).map_err(io)?;
-        let mut out = BufWriter::with_capacity(1 << 20, file);
+        let mut out = AtomicFile::create(final_path).map_err(io)?;
         out.write_all(&[0u8; PAGE as usize]).map_err(io)?;
         Ok(ShardWriter {
             out: Some(out),
@@ -158,41 +148,15 @@ impl ShardWriter {
             out.write_all(meta)?;
             out.seek(SeekFrom::Start(0))?;
             out.write_all(&header.to_bytes())?;
-            let file = out.into_inner().map_err(|e| e.into_error())?;
-            file.sync_all()
+            out.commit()
         })();
         result.map_err(|e| self.io(e))?;
-        fs::rename(&self.tmp_path, &self.final_path).map_err(|e| self.io(e))?;
-        sync_dir(&self.final_path);
         Ok(WrittenShard {
             path: self.final_path.clone(),
             records: self.count,
             file_len,
             payload_bytes: self.payload_bytes,
         })
-    }
-}
-
-impl Drop for ShardWriter {
-    fn drop(&mut self) {
-        if self.out.is_some() || self.tmp_path.exists() {
-            self.out = None;
-            let _ = fs::remove_file(&self.tmp_path);
-        }
-    }
-}
-
-/// Syncs the directory holding `path` so a rename survives a power cut. Best effort: some
-/// filesystems refuse to open directories.
-pub fn sync_dir(path: &Path) {
-    if let Some(dir) = path.parent() {
-        if let Ok(d) = File::open(if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        }) {
-            let _ = d.sync_all();
-        }
     }
 }
 

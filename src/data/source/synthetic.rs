@@ -407,13 +407,9 @@ fn clear(spec: &SyntheticSpec, root: &Path) -> Result<(), SyntheticError> {
     Ok(())
 }
 
-/// Writes `bytes` to `path` through a temporary file in the same folder.
+/// Writes `bytes` to `path` atomically ([`crate::util::fs::write_atomic`]).
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SyntheticError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_err(path))
+    crate::util::fs::write_atomic(path, bytes).map_err(io_err(path))
 }
 
 /// Renders, encodes and writes one image; returns its size in bytes.
