@@ -11,14 +11,15 @@
 //! Run: `cargo bench --bench loader` (or `make bench`).
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use vgg::bench::{loader_bench, machine};
+use vgg::bench::loader_bench;
 use vgg::config::pipeline::Pipeline;
-use vgg::data::prepare::{prepare, PrepareOptions, Silent};
+use vgg::data::prepare::{prepare, PrepareOptions};
 use vgg::data::source::Split;
 use vgg::data::store::PreparedSplit;
+use vgg::util::machine::machine;
+use vgg::util::progress::{Cancel, Silent};
 
 mod common;
 
@@ -28,7 +29,7 @@ fn prepared(work: &Path, root: &Path, name: &str, store: &str) -> Arc<PreparedSp
         splits: vec![Split::Train],
         ..Default::default()
     };
-    prepare(&spec, &opts, &Silent, &AtomicBool::new(false)).unwrap();
+    prepare(&spec, &opts, &Silent, &Cancel::new()).unwrap();
     Arc::new(PreparedSplit::open(&spec.shards.join("train")).unwrap())
 }
 
@@ -51,7 +52,7 @@ fn table(title: &str, split: Arc<PreparedSplit>, p: &Pipeline, threads: &[usize]
         "{:>8} {:>12} {:>12} {:>18} {:>8}",
         "threads", "images/s", "per core", "decode-only img/s", "ratio"
     );
-    let r = loader_bench(split, p, "bench", threads, batches, |r| {
+    let r = loader_bench(split, p, "bench", threads, batches, &Cancel::new(), |r| {
         println!(
             "{:>8} {:>12.1} {:>12.1} {:>18.1} {:>8.3}",
             r.threads,

@@ -10,12 +10,12 @@
 //! class-folder tree (DIR/train/<class>/*).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use rayon::prelude::*;
-use vgg::data::prepare::{prepare, PrepareOptions, Silent};
+use vgg::data::prepare::{prepare, PrepareOptions};
 use vgg::data::source::Split;
+use vgg::util::progress::{Cancel, Silent};
 
 mod common;
 
@@ -41,7 +41,7 @@ fn main() {
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum();
-    let m = vgg::bench::machine();
+    let m = vgg::util::machine::machine();
     let cores = m.cores;
     println!("# prepare benchmark");
     println!("machine: {} ({} cores available)", m.cpu, cores);
@@ -95,7 +95,7 @@ fn main() {
             ..Default::default()
         };
         let t = Instant::now();
-        let r = prepare(&spec, &opts, &Silent, &AtomicBool::new(false)).unwrap();
+        let r = prepare(&spec, &opts, &Silent, &Cancel::new()).unwrap();
         let prep_rate = r[0].processed as f64 / t.elapsed().as_secs_f64();
         println!(
             "{threads:>8} {decode_rate:>16.1} {prep_rate:>16.1} {:>16.1} {:>10.2}",

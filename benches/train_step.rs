@@ -30,11 +30,12 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use serde::Serialize;
-use vgg::bench::{machine, Machine};
 use vgg::config::model::VggConfig;
+use vgg::config::training::Init;
 use vgg::net::graph::vgg::{self as graphs, ParamSpec, StepOptions, MOMENTUM, NEXT};
-use vgg::net::init::{initialise, Init};
+use vgg::net::init::initialise;
 use vgg::net::session::{self, SessionSettings};
+use vgg::util::machine::{machine, Machine};
 use vgg::util::rng::{Rng, Stream};
 
 const WARMUP: usize = 3;

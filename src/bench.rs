@@ -10,43 +10,20 @@ use serde::Serialize;
 
 use crate::config::pipeline::Pipeline;
 use crate::data::augment;
-use crate::data::loader::{
-    epoch_order, record, record_failure, with_scratch, Loader, LoaderError, LoaderOptions, Mode,
-};
+use crate::data::loader::{epoch_order, Loader, LoaderError, LoaderOptions, Mode};
 use crate::data::store::PreparedSplit;
+use crate::util::machine::{machine, peak_rss_bytes, Machine};
+use crate::util::progress::Cancel;
 
-/// The machine a figure was measured on.
-#[derive(Debug, Clone, Serialize)]
-pub struct Machine {
-    pub cpu: String,
-    pub cores: usize,
-    pub os: String,
-}
-
-/// Describes this machine.
-pub fn machine() -> Machine {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    Machine {
-        cpu,
-        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
-    }
-}
-
-/// Peak resident memory of this process, in bytes (Linux), if known.
-pub fn peak_rss_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+/// Why a benchmark could not run to the end.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Loader(#[from] LoaderError),
+    #[error(transparent)]
+    Train(#[from] crate::train::TrainError),
+    #[error("interrupted before the measurements were complete; nothing was reported")]
+    Interrupted,
 }
 
 /// One row of the thread-scaling table.
@@ -90,9 +67,10 @@ fn decode_rate(split: &PreparedSplit, records: &[u64], threads: usize) -> Result
     let t = Instant::now();
     pool.install(|| {
         records.par_iter().try_for_each(|&g| {
-            let rec = record(split, g)?;
-            with_scratch(|scratch| augment::decode_record(&rec, scratch).map(|_| ()))
-                .map_err(|source| record_failure(split, &rec, g, source))
+            augment::with_record(split, g, |rec, scratch| {
+                augment::decode_record(rec, scratch).map(|_| ())
+            })
+            .map_err(LoaderError::from)
         })
     })?;
     Ok(records.len() as f64 / t.elapsed().as_secs_f64())
@@ -149,8 +127,9 @@ pub fn loader_bench(
     dataset: &str,
     threads: &[usize],
     batches: usize,
+    cancel: &Cancel,
     mut on_row: impl FnMut(&LoaderRow),
-) -> Result<LoaderReport, LoaderError> {
+) -> Result<LoaderReport, BenchError> {
     let lengths: Vec<u64> = split.shards.iter().map(|r| r.len() as u64).collect();
     let s = &pipeline.loader;
     let mut records = epoch_order(&lengths, s.order, s.window_shards, s.seed, 0, 0, 1);
@@ -158,6 +137,9 @@ pub fn loader_bench(
     let mut rows = Vec::new();
     let mut buffer_bytes = 0;
     for &t in threads {
+        if cancel.is_cancelled() {
+            return Err(BenchError::Interrupted);
+        }
         let decode = decode_rate(&split, &records, t)?;
         let (full, bytes) = pipeline_rate(&split, pipeline, t, batches)?;
         buffer_bytes = bytes;
@@ -221,13 +203,17 @@ pub fn train_bench(
     split: Arc<PreparedSplit>,
     session: &crate::net::session::SessionSettings,
     steps: usize,
-) -> Result<TrainBenchReport, crate::train::TrainError> {
+    cancel: &Cancel,
+) -> Result<TrainBenchReport, BenchError> {
     use crate::train::step::StepSession;
     let config = crate::train::run::network(p)?;
     let (settings, opts) = crate::train::run::step_setup(p);
     let batch = opts.batch;
-    let params =
-        crate::net::init::initialise(&config, crate::net::init::Init::Kaiming, settings.seed);
+    let params = crate::net::init::initialise(
+        &config,
+        crate::config::training::Init::Kaiming,
+        settings.seed,
+    );
     let momenta = crate::net::init::zero_momenta(&params);
     let mut step = StepSession::new(
         &config,
@@ -262,6 +248,9 @@ pub fn train_bench(
         step.step(&b, lr, seed)?;
     }
     let loop_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    if cancel.is_cancelled() {
+        return Err(BenchError::Interrupted);
+    }
     // Step alone, on one batch.
     let b = it.next().expect("the loader runs for many epochs")?;
     drop(it);
@@ -272,6 +261,9 @@ pub fn train_bench(
     }
     let step_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
     drop(b);
+    if cancel.is_cancelled() {
+        return Err(BenchError::Interrupted);
+    }
     // Loader alone.
     let mut it = loader(1)?;
     it.next().expect("the loader runs for many epochs")?;

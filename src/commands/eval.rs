@@ -3,28 +3,23 @@
 //! table shaped like the paper's, next to the paper's own figure where it has one.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Result;
+use serde::Serialize;
 
-use vgg::config::pipeline::Pipeline;
-use vgg::config::registry::Registry;
-use vgg::data::augment::{Scale, VGG_MEAN};
+use vgg::config::pipeline::{Pipeline, Scale, VGG_MEAN};
 use vgg::data::source::Split;
-use vgg::data::store::PreparedSplit;
 use vgg::eval::protocol::{
-    format_scales, format_table, paper_figure, parse_scales, test_scales, Protocol, ResultRow,
-    TrainScale,
+    format_scales, format_table, paper_figure, test_scales, Protocol, ResultRow, TrainScale,
 };
-use vgg::eval::run::{evaluate, EvalReport, EvalSettings, Network};
+use vgg::eval::run::{evaluate, EvalReport, EvalSettings, ImageResult, Network};
 use vgg::net::accuracy::TopK;
 use vgg::net::session::{Device, SessionSettings};
 
-use super::Common;
+use super::progress::CANCEL;
+use super::{bytes, print_json, Common, SplitArg};
 
 /// Where `vgg eval --help` explains the protocols (the variant's doc comment in main.rs
 /// provides the one-line summary, which replaces a struct-level long description).
@@ -75,25 +70,25 @@ pub struct Args {
     checkpoints: Vec<PathBuf>,
     /// dense, multi-crop, dense+multi-crop or centre.
     #[arg(long, default_value = "dense", value_name = "PROTOCOL")]
-    protocol: String,
+    protocol: Protocol,
     /// Test scales Q, comma-separated, e.g. 256,384,512 (default: the paper's rule for the
     /// training scale S; see --help). Each must be at least the network's input size.
-    #[arg(long, value_name = "Q,...")]
-    scales: Option<String>,
+    #[arg(long, value_name = "Q,...", value_delimiter = ',', num_args = 1.., value_parser = clap::value_parser!(u32).range(1..))]
+    scales: Option<Vec<u32>>,
     /// Default to the paper's three test scales for S instead of one.
     #[arg(long, conflicts_with = "scales")]
     multi_scale: bool,
     /// The training scale S for the table and the default test scales: `256` or `[256;512]`
     /// (default: the pipeline's; 256 for a dataset name).
     #[arg(long, value_name = "S")]
-    train_scale: Option<String>,
+    train_scale: Option<TrainScale>,
     /// Do not add the horizontal mirror of every view.
     #[arg(long)]
     no_flip: bool,
     /// Crops per side of the multi-crop grid (the paper: 5, i.e. 25 crops, 50 with flips).
     #[arg(long, default_value_t = 5, value_name = "N")]
     grid: u32,
-    /// Which prepared split to evaluate.
+    /// Which prepared split to evaluate (train or val).
     #[arg(long, value_enum, default_value = "val")]
     split: SplitArg,
     /// Use this dataset instead of the pipeline's.
@@ -105,7 +100,7 @@ pub struct Args {
     /// cpu, cuda (device 0) or cuda:N. CUDA needs the GPU build of ONNX Runtime
     /// (docs/onnxruntime.md).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
+    device: Device,
     /// ONNX Runtime intra-op threads on the CPU (0: one per core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
@@ -118,12 +113,6 @@ pub struct Args {
     json: bool,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum SplitArg {
-    Val,
-    Train,
-}
-
 /// What the target resolved to.
 struct Target {
     dataset: String,
@@ -132,13 +121,16 @@ struct Target {
 }
 
 pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
-    let protocol: Protocol = a.protocol.parse().map_err(anyhow::Error::msg)?;
-    let device: Device = a.device.parse().map_err(anyhow::Error::msg)?;
+    let protocol = a.protocol;
     anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(a.grid > 0, "--grid must be at least 1");
+    anyhow::ensure!(
+        a.split != SplitArg::All,
+        "--split all: evaluate one split at a time (train or val)"
+    );
     let target = resolve(a)?;
     let scales = match &a.scales {
-        Some(s) => parse_scales(s).map_err(anyhow::Error::msg)?,
+        Some(s) => s.clone(),
         None => {
             if let (true, TrainScale::Fixed(s)) = (a.multi_scale, target.train) {
                 anyhow::ensure!(
@@ -149,23 +141,9 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             test_scales(target.train, a.multi_scale)
         }
     };
-    let split = match a.split {
-        SplitArg::Val => Split::Val,
-        SplitArg::Train => Split::Train,
-    };
-    let reg = Registry::load(&c.datasets)?;
-    let spec = reg.get(&target.dataset)?;
-    let dir = spec.shards.join(split.name());
+    let split = a.split.one();
     let name = &target.dataset;
-    let data = PreparedSplit::open(&dir).with_context(|| {
-        format!(
-            "the {split} split of dataset `{name}` is not prepared (run `vgg prepare {name}{}`)",
-            match split {
-                Split::Val => " --split val",
-                Split::Train => " --split train",
-            }
-        )
-    })?;
+    let data = c.open_split(name, split)?;
 
     let mut nets = Vec::with_capacity(a.checkpoints.len());
     for path in &a.checkpoints {
@@ -191,34 +169,16 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         mean: target.mean,
         limit: a.limit,
         session: SessionSettings {
-            device,
+            device: a.device,
             threads: a.threads,
         },
         batch: a.batch,
     };
-    let bar = progress_bar(c.quiet || a.json);
-    let mut progress = |done: u64, total: u64| {
-        if crate::CANCEL.load(Ordering::SeqCst) {
-            if let Some(b) = &bar {
-                b.abandon();
-            }
-            eprintln!("interrupted after {done} of {total} images; nothing was written");
-            std::process::exit(130);
-        }
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(done);
-        }
-    };
-    let report = evaluate(&data, &nets, &settings, &mut progress)?;
-    if let Some(b) = &bar {
-        b.finish_and_clear();
-    }
+    let report = evaluate(&data, &nets, &settings, &c.bars(a.json), &CANCEL)?;
 
     let rows = table_rows(&nets, &report, target.train, &scales, protocol);
     if a.json {
-        let v = json(a, &target, split, &nets, &report, &rows, &settings);
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        print_json(&json(a, &target, split, &nets, &report, &rows, &settings))?;
         return Ok(ExitCode::SUCCESS);
     }
     println!(
@@ -260,7 +220,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         report.seconds,
         report
             .peak_rss_bytes
-            .map(crate::human_bytes)
+            .map(bytes)
             .unwrap_or_else(|| "unknown".into())
     );
     Ok(ExitCode::SUCCESS)
@@ -289,25 +249,10 @@ fn resolve(a: &Args) -> Result<Target> {
     if let Some(d) = &a.dataset {
         t.dataset = d.clone();
     }
-    if let Some(s) = &a.train_scale {
-        t.train = s.parse().map_err(anyhow::Error::msg)?;
+    if let Some(s) = a.train_scale {
+        t.train = s;
     }
     Ok(t)
-}
-
-fn progress_bar(hidden: bool) -> Option<ProgressBar> {
-    if hidden || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "  eval [{bar:32.cyan/blue}] {pos}/{len} images {per_sec:>14} ETA {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    Some(bar)
 }
 
 /// One row per network and, with several, the fusion row (`A+D`).
@@ -365,92 +310,158 @@ fn with_paper_figures(table: &str, rows: &[ResultRow], nets: &[Network]) -> Stri
     out
 }
 
-fn topk_json(t: &TopK) -> serde_json::Value {
-    serde_json::json!({
-        "top1_error": t.top1_error(),
-        "top5_error": t.top5_error(),
-        "images": t.images,
-        "top1_correct": t.top1_correct,
-        "top5_correct": t.top5_correct,
-    })
+/// Top-1 / top-5 figures of one count, as they appear in the JSON output.
+#[derive(Serialize)]
+struct Errors {
+    top1_error: f64,
+    top5_error: f64,
+    images: u64,
+    top1_correct: u64,
+    top5_correct: u64,
 }
 
-fn json(
+impl From<&TopK> for Errors {
+    fn from(t: &TopK) -> Self {
+        Errors {
+            top1_error: t.top1_error(),
+            top5_error: t.top5_error(),
+            images: t.images,
+            top1_correct: t.top1_correct,
+            top5_correct: t.top5_correct,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct NetworkJson {
+    #[serde(flatten)]
+    errors: Errors,
+    name: String,
+    path: String,
+    config: String,
+    classes: u32,
+    input: u32,
+}
+
+/// The paper's figure for a row, as fractions.
+#[derive(Serialize)]
+struct PaperJson {
+    top1_error: f64,
+    top5_error: f64,
+}
+
+#[derive(Serialize)]
+struct RowJson<'a> {
+    #[serde(flatten)]
+    row: &'a ResultRow,
+    paper: Option<PaperJson>,
+}
+
+#[derive(Serialize)]
+struct ClassJson {
+    class: u32,
+    posterior: f32,
+}
+
+#[derive(Serialize)]
+struct PredictionJson {
+    index: u64,
+    label: i64,
+    top5: Vec<ClassJson>,
+    top1_correct: bool,
+    top5_correct: bool,
+}
+
+impl From<&ImageResult> for PredictionJson {
+    fn from(p: &ImageResult) -> Self {
+        PredictionJson {
+            index: p.index,
+            label: p.label,
+            top5: p
+                .top5
+                .iter()
+                .map(|&(class, posterior)| ClassJson { class, posterior })
+                .collect(),
+            top1_correct: p.top1_correct,
+            top5_correct: p.top5_correct,
+        }
+    }
+}
+
+/// `vgg eval --json` (the keys are listed in the command's long help).
+#[derive(Serialize)]
+struct EvalJson<'a> {
+    #[serde(flatten)]
+    fused: Errors,
+    per_network: Vec<NetworkJson>,
+    rows: Vec<RowJson<'a>>,
+    protocol: &'static str,
+    scales: &'a [u32],
+    flip: bool,
+    grid: u32,
+    train_scale: String,
+    mean: [f32; 3],
+    dataset: &'a str,
+    split: &'static str,
+    limit: Option<u64>,
+    device: String,
+    batch: usize,
+    seconds: f64,
+    images_per_sec: f64,
+    peak_rss_bytes: Option<u64>,
+    predictions: Vec<PredictionJson>,
+}
+
+fn json<'a>(
     a: &Args,
-    target: &Target,
+    target: &'a Target,
     split: Split,
     nets: &[Network],
     report: &EvalReport,
-    rows: &[ResultRow],
-    s: &EvalSettings,
-) -> serde_json::Value {
-    let per_network: Vec<serde_json::Value> = nets
-        .iter()
-        .zip(&a.checkpoints)
-        .zip(&report.per_network)
-        .map(|((n, path), (name, topk))| {
-            let mut v = topk_json(topk);
-            v["name"] = name.clone().into();
-            v["path"] = path.display().to_string().into();
-            v["config"] = n.config.name.clone().into();
-            v["classes"] = n.config.classes.into();
-            v["input"] = n.config.input.into();
-            v
-        })
-        .collect();
-    let rows: Vec<serde_json::Value> = rows
-        .iter()
-        .map(|r| {
-            let mut v = serde_json::to_value(r).expect("rows serialise");
-            v["paper"] = match paper(r, nets) {
-                Some((t1, t5)) => {
-                    serde_json::json!({"top1_error": t1 / 100.0, "top5_error": t5 / 100.0})
-                }
-                None => serde_json::Value::Null,
-            };
-            v
-        })
-        .collect();
-    let predictions: Vec<serde_json::Value> = report
-        .images
-        .iter()
-        .map(|p| {
-            serde_json::json!({
-                "index": p.index,
-                "label": p.label,
-                "top5": p.top5.iter().map(|&(class, posterior)| serde_json::json!({
-                    "class": class,
-                    "posterior": posterior,
-                })).collect::<Vec<_>>(),
-                "top1_correct": p.top1_correct,
-                "top5_correct": p.top5_correct,
+    rows: &'a [ResultRow],
+    s: &'a EvalSettings,
+) -> EvalJson<'a> {
+    EvalJson {
+        fused: (&report.fused).into(),
+        per_network: nets
+            .iter()
+            .zip(&a.checkpoints)
+            .zip(&report.per_network)
+            .map(|((n, path), (name, topk))| NetworkJson {
+                errors: topk.into(),
+                name: name.clone(),
+                path: path.display().to_string(),
+                config: n.config.name.clone(),
+                classes: n.config.classes,
+                input: n.config.input,
             })
-        })
-        .collect();
-    let mut v = topk_json(&report.fused);
-    let extra = serde_json::json!({
-        "per_network": per_network,
-        "rows": rows,
-        "protocol": s.protocol.name(),
-        "scales": s.scales,
-        "flip": s.flip,
-        "grid": s.grid,
-        "train_scale": target.train.to_string(),
-        "mean": s.mean,
-        "dataset": target.dataset,
-        "split": split.name(),
-        "limit": s.limit,
-        "device": s.session.device.to_string(),
-        "batch": s.batch,
-        "seconds": report.seconds,
-        "images_per_sec": report.images_per_sec,
-        "peak_rss_bytes": report.peak_rss_bytes,
-        "predictions": predictions,
-    });
-    if let (Some(obj), serde_json::Value::Object(more)) = (v.as_object_mut(), extra) {
-        obj.extend(more);
+            .collect(),
+        rows: rows
+            .iter()
+            .map(|r| RowJson {
+                row: r,
+                paper: paper(r, nets).map(|(t1, t5)| PaperJson {
+                    top1_error: t1 / 100.0,
+                    top5_error: t5 / 100.0,
+                }),
+            })
+            .collect(),
+        protocol: s.protocol.name(),
+        scales: &s.scales,
+        flip: s.flip,
+        grid: s.grid,
+        train_scale: target.train.to_string(),
+        mean: s.mean,
+        dataset: &target.dataset,
+        split: split.name(),
+        limit: s.limit,
+        device: s.session.device.to_string(),
+        batch: s.batch,
+        seconds: report.seconds,
+        images_per_sec: report.images_per_sec,
+        peak_rss_bytes: report.peak_rss_bytes,
+        predictions: report.images.iter().map(PredictionJson::from).collect(),
     }
-    v
 }
 
 #[cfg(test)]

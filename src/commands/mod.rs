@@ -1,27 +1,123 @@
-//! The binary's commands for the training and evaluation stages, one file each (binary only:
-//! argument structs, progress display and output; the work is in the library).
+//! The binary's commands, one file each: argument structs (clap), the resolve step that turns
+//! raw arguments into the library's objects, progress display and output. The work is in the
+//! library.
+//!
+//! Arguments come in two steps, as in ripgrep: clap parses and type-checks each value
+//! (`--device cuda:1` is a [`Device`](vgg::net::session::Device) by then), then [`Common`]
+//! resolves names against the world: the registry file, a dataset's prepared splits, a
+//! network named by its Table 1 row, torchvision name or pipeline file. Each resolution exists
+//! once here, with one wording for its errors.
 
+pub mod bench;
+pub mod datasets;
 pub mod eval;
 pub mod export;
+pub mod generate;
+pub mod inspect;
+pub mod model;
+pub mod prepare;
+pub mod preview;
+pub mod progress;
+pub mod runtime;
 pub mod train;
+pub mod verify;
 pub mod weights;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use vgg::config::model::VggConfig;
 use vgg::config::pipeline::Pipeline;
+use vgg::config::registry::{DatasetSpec, Registry};
+use vgg::data::source::Split;
+use vgg::data::store::PreparedSplit;
 
-/// The global options every command sees.
+use progress::Bars;
+
+/// The global options every command sees, and the resolve step over them.
 pub struct Common {
+    /// The dataset registry file (`--datasets`).
     pub datasets: PathBuf,
+    /// No progress bars (`--quiet`).
     pub quiet: bool,
 }
 
+impl Common {
+    /// The registry file, parsed and validated.
+    pub fn registry(&self) -> Result<Registry> {
+        Ok(Registry::load(&self.datasets)?)
+    }
+
+    /// The registry entry of dataset `name`.
+    pub fn dataset(&self, name: &str) -> Result<DatasetSpec> {
+        Ok(self.registry()?.get(name)?.clone())
+    }
+
+    /// The prepared `split` of dataset `name`, opened and checked; the one place that says how
+    /// to prepare it when it is not.
+    pub fn open_split(&self, name: &str, split: Split) -> Result<Arc<PreparedSplit>> {
+        let spec = self.dataset(name)?;
+        let dir = spec.shards.join(split.name());
+        let s = PreparedSplit::open(&dir).with_context(|| {
+            format!(
+                "the {split} split of dataset `{name}` is not prepared (run `vgg prepare {name} --split {split}`)"
+            )
+        })?;
+        Ok(Arc::new(s))
+    }
+
+    /// A shard folder given as a path, or a dataset name whose shard folder is meant.
+    pub fn shard_dir(&self, target: &str) -> Result<PathBuf> {
+        let p = Path::new(target);
+        if p.exists() {
+            return Ok(p.to_path_buf());
+        }
+        let reg = self.registry().with_context(|| {
+            format!("`{target}` is not a folder, and the registry could not be read to look it up as a dataset")
+        })?;
+        Ok(reg.get(target)?.shards.clone())
+    }
+
+    /// Progress bars, hidden with `--quiet` or when the output is JSON.
+    pub fn bars(&self, json: bool) -> Bars {
+        Bars::new(self.quiet || json)
+    }
+}
+
+/// A split named on the command line.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SplitArg {
+    Train,
+    Val,
+    /// Every split the dataset has.
+    All,
+}
+
+impl SplitArg {
+    /// The splits meant: one, or all (an empty list).
+    pub fn splits(self) -> Vec<Split> {
+        match self {
+            SplitArg::Train => vec![Split::Train],
+            SplitArg::Val => vec![Split::Val],
+            SplitArg::All => Vec::new(),
+        }
+    }
+
+    /// The one split meant; `all` is refused by the caller's clap definition.
+    pub fn one(self) -> Split {
+        match self {
+            SplitArg::Train => Split::Train,
+            SplitArg::Val | SplitArg::All => Split::Val,
+        }
+    }
+}
+
 /// A network named on the command line: a row of the paper's Table 1 (A, A-LRN, B, C, D, E, or
-/// torchvision's names vgg11, vgg13, vgg16, vgg19), or a pipeline file whose [model] table
-/// defines it, returned with the pipeline.
+/// torchvision's names vgg11, vgg13, vgg16, vgg19, or just 11, 13, 16, 19), or a pipeline file
+/// whose [model] table defines it, returned with the pipeline.
 pub fn network(arg: &str) -> Result<(VggConfig, Option<Pipeline>)> {
     let alias = match arg.trim().to_ascii_lowercase().trim_start_matches("vgg") {
         "11" => Some("A"),
@@ -43,4 +139,15 @@ pub fn network(arg: &str) -> Result<(VggConfig, Option<Pipeline>)> {
         .clone()
         .with_context(|| format!("{arg} has no [model] table"))?;
     Ok((c, Some(p)))
+}
+
+/// Prints `value` as pretty JSON on stdout (the `--json` output of every command).
+pub fn print_json(value: &impl Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A byte count for people: `1.5 MiB`.
+pub fn bytes(n: u64) -> String {
+    indicatif::BinaryBytes(n).to_string()
 }

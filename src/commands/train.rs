@@ -1,23 +1,18 @@
 //! `vgg train`: resolves the pipeline's dataset, starts or resumes a run, and draws a progress
 //! bar per epoch with a one-line summary after each.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::Result;
 
 use vgg::config::pipeline::Pipeline;
-use vgg::config::registry::Registry;
 use vgg::data::source::Split;
-use vgg::data::store::PreparedSplit;
 use vgg::net::session::{Device, SessionSettings};
-use vgg::train::metrics::EpochRecord;
-use vgg::train::{self, Ending, TrainOptions, TrainProgress};
+use vgg::train::{self, Ending, TrainOptions};
 
-use super::Common;
+use super::progress::CANCEL;
+use super::{print_json, Common};
 
 /// Train a network with the paper's protocol (Section 3.1).
 ///
@@ -46,7 +41,7 @@ pub struct Args {
     /// cpu, cuda (device 0) or cuda:N. CUDA needs the GPU build of ONNX Runtime
     /// (docs/onnxruntime.md).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: String,
+    device: Device,
     /// Number of epochs (overrides [training] epochs; raising it on --resume extends a run).
     #[arg(long, value_name = "N")]
     epochs: Option<u64>,
@@ -81,18 +76,12 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     if let Some(t) = a.threads {
         p.training.threads = t;
     }
-    let device: Device = a.device.parse().map_err(anyhow::Error::msg)?;
     let name = a.dataset.clone().unwrap_or_else(|| p.dataset.clone());
-    let reg = Registry::load(&c.datasets)?;
-    let spec = reg.get(&name)?;
-    let open = |split: Split| PreparedSplit::open(&spec.shards.join(split.name())).map(Arc::new);
-    let train_split = open(Split::Train).with_context(|| {
-        format!("dataset `{name}` has no prepared train split (run `vgg prepare {name}`)")
-    })?;
+    let train_split = c.open_split(&name, Split::Train)?;
     let val = if a.no_val {
         None
     } else {
-        match open(Split::Val) {
+        match c.open_split(&name, Split::Val) {
             Ok(v) => Some(v),
             Err(e) => {
                 eprintln!("note: no validation split ({e}); training without validation");
@@ -117,15 +106,16 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         val,
         out: out.clone(),
         resume: a.resume,
-        session: SessionSettings { device, threads },
-        stop: crate::CANCEL.clone(),
+        session: SessionSettings {
+            device: a.device,
+            threads,
+        },
+        stop: CANCEL.clone(),
         lr: if a.resume { a.lr } else { None },
     };
-    let mut bars = Bars::new(c.quiet || a.json);
-    let summary = train::train(opts, &mut bars)?;
-    bars.finish();
+    let summary = train::train(opts, &c.bars(a.json))?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        print_json(&summary)?;
     } else {
         match summary.ending {
             Ending::AlreadyFinished => println!(
@@ -165,95 +155,4 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// One bar per epoch and a summary line after it.
-struct Bars {
-    hidden: bool,
-    bar: Option<ProgressBar>,
-    running: (f64, u64),
-}
-
-impl Bars {
-    fn new(quiet: bool) -> Self {
-        Bars {
-            hidden: quiet || !std::io::stderr().is_terminal(),
-            bar: None,
-            running: (0.0, 0),
-        }
-    }
-
-    fn finish(&mut self) {
-        if let Some(b) = self.bar.take() {
-            b.finish_and_clear();
-        }
-    }
-
-    fn print(&self, line: &str) {
-        match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-}
-
-impl TrainProgress for Bars {
-    fn epoch_start(&mut self, epoch: u64, epochs: u64, batches: u64, first: u64) {
-        self.finish();
-        self.running = (0.0, 0);
-        if self.hidden {
-            return;
-        }
-        let bar = ProgressBar::new(batches);
-        bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
-        bar.set_position(first);
-        self.bar = Some(bar);
-    }
-
-    fn step(&mut self, batch: u64, loss: f32, top1_error: f64, images_per_sec: f64) {
-        self.running.0 += top1_error;
-        self.running.1 += 1;
-        if let Some(b) = &self.bar {
-            b.set_position(batch);
-            b.set_message(format!(
-                "{images_per_sec:.0} img/s  loss {loss:.3}  top-1 err {:.1}%",
-                100.0 * self.running.0 / self.running.1 as f64
-            ));
-        }
-    }
-
-    fn validating(&mut self, images: u64) {
-        if let Some(b) = &self.bar {
-            b.set_message(format!("validating on {images} images"));
-        }
-    }
-
-    fn epoch_end(&mut self, r: &EpochRecord) {
-        let val = match (r.val_top1_error, r.val_top5_error) {
-            (Some(a), Some(b)) => {
-                format!("val top-1/top-5 err {:.1}%/{:.1}%", 100.0 * a, 100.0 * b)
-            }
-            _ => "no validation".into(),
-        };
-        let line = format!(
-            "epoch {:>3}  loss {:.3}  train top-1 err {:.1}%  {val}  lr {:.0e}  {:.0} img/s  {:.0}s",
-            r.epoch + 1,
-            r.train_loss,
-            100.0 * r.train_top1_error,
-            r.lr,
-            r.images_per_sec,
-            r.seconds
-        );
-        self.print(&line);
-        self.finish();
-    }
-
-    fn message(&mut self, text: &str) {
-        self.print(text);
-    }
 }

@@ -20,6 +20,14 @@
 //!
 //! FLOPs count a multiply-add as two operations; `macs` is given alongside. ReLU, pooling, LRN
 //! and dropout are not counted (they are negligible next to the convolutions).
+//!
+//! ## Parameters
+//! Names follow the paper's layers: `conv{block}_{i}.weight` `[out, in, k, k]` and `.bias`
+//! `[out]`, then `fc6`, `fc7`, `fc8` with `.weight` `[out, in]` and `.bias` `[out]` -- the
+//! layout of torchvision's `nn.Conv2d` and `nn.Linear`, so a tensor moves between the two
+//! projects unchanged; only the name differs ([`torchvision_name`]: `features.N.weight`,
+//! `classifier.N.weight`). `fc6.weight`'s inputs are the last feature map flattened in C, H, W
+//! order, which is what makes it the 7x7 convolution of the dense graph after a reshape.
 
 use std::fmt;
 
@@ -406,6 +414,145 @@ pub struct Summary {
     pub flops: u64,
     pub layers: Vec<Layer>,
 }
+
+/// Weight or bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamKind {
+    Weight,
+    Bias,
+}
+
+/// Which layer a parameter belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LayerType {
+    Conv,
+    Fc,
+}
+
+/// One parameter tensor.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParamSpec {
+    /// `conv1_1.weight`, `fc8.bias`, ...
+    pub name: String,
+    /// `conv1_1`, `fc8`, ...
+    pub layer: String,
+    pub layer_type: LayerType,
+    pub kind: ParamKind,
+    pub shape: Vec<i64>,
+    /// Inputs per output unit (`in * k * k` for a conv), for initialisation.
+    pub fan_in: i64,
+    /// Outputs per input unit (`out * k * k` for a conv).
+    pub fan_out: i64,
+    /// Position among the network's weight layers, from 0 (conv1_1) to the last FC.
+    pub weight_layer: usize,
+}
+
+impl ParamSpec {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product::<i64>() as usize
+    }
+}
+
+/// Every parameter of `config`, in network order (weight before bias).
+pub fn parameters(config: &VggConfig) -> Vec<ParamSpec> {
+    let mut out = Vec::new();
+    let mut c = config.in_channels as i64;
+    let mut layer_index = 0;
+    let mut push = |layer: String, ty: LayerType, wshape: Vec<i64>, fan_in: i64, fan_out: i64| {
+        let units = wshape[0];
+        for (kind, shape) in [(ParamKind::Weight, wshape), (ParamKind::Bias, vec![units])] {
+            out.push(ParamSpec {
+                name: format!(
+                    "{layer}.{}",
+                    if kind == ParamKind::Weight {
+                        "weight"
+                    } else {
+                        "bias"
+                    }
+                ),
+                layer: layer.clone(),
+                layer_type: ty,
+                kind,
+                shape,
+                fan_in,
+                fan_out,
+                weight_layer: layer_index,
+            });
+        }
+        layer_index += 1;
+    };
+    for (b, block) in config.blocks.iter().enumerate() {
+        for (i, conv) in block.iter().enumerate() {
+            let k = conv.kernel as i64;
+            let co = conv.channels as i64;
+            push(
+                format!("conv{}_{}", b + 1, i + 1),
+                LayerType::Conv,
+                vec![co, c, k, k],
+                c * k * k,
+                co * k * k,
+            );
+            c = co;
+        }
+    }
+    let side = config.final_side() as i64;
+    let mut inputs = c * side * side;
+    for (i, w) in [config.fc, config.fc, config.classes]
+        .into_iter()
+        .enumerate()
+    {
+        let w = w as i64;
+        push(
+            format!("fc{}", i + 6),
+            LayerType::Fc,
+            vec![w, inputs],
+            inputs,
+            w,
+        );
+        inputs = w;
+    }
+    out
+}
+
+/// torchvision's `state_dict` key for a parameter of `config`: `features.N.weight` with N the
+/// module index in torchvision's `make_layers` (conv, ReLU, ..., MaxPool; an LRN, which
+/// torchvision's VGG lacks, counts as one module after the first ReLU), and `classifier.{0,3,6}`
+/// for fc6-fc8.
+pub fn torchvision_name(config: &VggConfig, param: &ParamSpec) -> String {
+    let suffix = match param.kind {
+        ParamKind::Weight => "weight",
+        ParamKind::Bias => "bias",
+    };
+    if param.layer_type == LayerType::Fc {
+        let n = param.weight_layer - conv_count(config);
+        return format!("classifier.{}.{suffix}", 3 * n);
+    }
+    let mut module = 0;
+    let mut seen = 0;
+    for block in &config.blocks {
+        for _ in block {
+            if seen == param.weight_layer {
+                return format!("features.{module}.{suffix}");
+            }
+            module += 2; // conv + ReLU
+            if seen == 0 && config.lrn.is_some() {
+                module += 1;
+            }
+            seen += 1;
+        }
+        module += 1; // MaxPool
+    }
+    unreachable!("{} is not a layer of {}", param.name, config.name)
+}
+
+fn conv_count(config: &VggConfig) -> usize {
+    config.blocks.iter().map(|b| b.len()).sum()
+}
+
+/// The suffix of a momentum buffer's name.
+pub const MOMENTUM: &str = ".momentum";
 
 #[cfg(test)]
 mod tests {

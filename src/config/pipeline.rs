@@ -48,7 +48,45 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::model::{ModelError, VggConfig};
 use crate::config::training::{self, OptimizerSettings, Schedule, TrainingSettings};
-use crate::data::augment::{EvalTransform, Scale, TrainTransform, VGG_MEAN};
+
+/// Mean RGB of the ImageNet training set on the 0-255 scale (the authors' released Caffe models,
+/// given there in BGR order).
+pub const VGG_MEAN: [f32; 3] = [123.68, 116.779, 103.939];
+
+/// The training scale S: the shortest side after the isotropic rescale.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum Scale {
+    /// Single-scale training: S fixed (256 or 384 in the paper).
+    Fixed(u32),
+    /// Scale jitter: S drawn per image uniformly among the integers `min..=max` ([256, 512]).
+    Jitter { min: u32, max: u32 },
+}
+
+/// The training augmentation.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrainTransform {
+    pub scale: Scale,
+    /// Side of the square random crop (224).
+    pub crop: u32,
+    /// Probability of a horizontal flip (0.5).
+    pub flip_p: f64,
+    /// Standard deviation of the PCA lighting coefficients (0.1); 0 disables the lighting.
+    pub pca_std: f32,
+    /// Mean RGB subtracted from every pixel (0-255 scale).
+    pub mean: [f32; 3],
+}
+
+/// The evaluation transform.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct EvalTransform {
+    /// Test scale Q: the shortest side after the isotropic rescale.
+    pub scale: u32,
+    /// Side of the centre crop; `None` keeps the whole rescaled image (dense evaluation, variable
+    /// size: see [`crate::data::augment::rescale_whole`]).
+    pub crop: Option<u32>,
+    /// Mean RGB subtracted from every pixel (0-255 scale).
+    pub mean: [f32; 3],
+}
 
 /// Why a pipeline file was refused.
 #[derive(Debug, thiserror::Error)]

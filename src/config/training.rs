@@ -35,8 +35,6 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::net::init::Init;
-
 /// SGD with momentum and L2 weight decay.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -211,6 +209,33 @@ pub fn validate(
         return bad("training.log_every", "must be at least 1".into());
     }
     Ok(())
+}
+
+/// How to draw the weights (biases are always zero); drawn by [`crate::net::init`].
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Init {
+    /// Zero-mean normal with standard deviation `std` (the paper's scheme; see [`crate::net::init`]
+    /// for the choice of 0.01).
+    Normal { std: f32 },
+    /// Glorot & Bengio (2010), "normalised initialisation": uniform in `[-a, a]` with
+    /// `a = sqrt(6 / (fan_in + fan_out))`, fans counting the kernel area for a convolution
+    /// (PyTorch's `xavier_uniform_`).
+    Glorot,
+    /// He et al. (2015): normal with std `sqrt(2 / fan_in)` for every layer, which keeps the
+    /// signal's scale through each ReLU layer, with the first layer's std divided by
+    /// [`PIXEL_STD`](crate::net::init::PIXEL_STD) because its inputs are mean-subtracted pixels on the 0-255 scale (the
+    /// paper's input), not unit-variance ones. Activations and logits then start near unit
+    /// scale: narrow networks trained from scratch on a CPU learn at once (at a learning rate
+    /// near 1e-3; 1e-2 diverges), where the paper's std 0.01 leaves them at chance for
+    /// thousands of steps. The demo recipes use it.
+    Kaiming,
+}
+
+impl Default for Init {
+    fn default() -> Self {
+        Init::Normal { std: 0.01 }
+    }
 }
 
 #[cfg(test)]

@@ -70,7 +70,9 @@
 //! grow. What is out of reach: zune-jpeg allocates its own per-decode state (row buffers,
 //! Huffman tables) and fast_image_resize its coefficient tables (a few KiB per call).
 
+use std::cell::RefCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
 
 use fast_image_resize as fir;
 use zune_core::bytestream::ZCursor;
@@ -78,13 +80,11 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
+pub use crate::config::pipeline::{EvalTransform, Scale, TrainTransform, VGG_MEAN};
 use crate::data::imaging::{jpeg_is_complete, scaled_size};
-use crate::data::shard::{Encoding, RecordRef};
+use crate::data::shard::{Encoding, RecordRef, ShardError};
+use crate::data::store::PreparedSplit;
 use crate::util::rng::{Rng, Stream};
-
-/// Mean RGB of the ImageNet training set on the 0-255 scale (the authors' released Caffe models,
-/// given there in BGR order).
-pub const VGG_MEAN: [f32; 3] = [123.68, 116.779, 103.939];
 
 /// Eigenvalues of the ImageNet RGB covariance on the 0-1 scale (AlexNet's PCA lighting).
 pub const PCA_EIGVAL: [f32; 3] = [0.2175, 0.0188, 0.0045];
@@ -100,39 +100,44 @@ pub const PCA_EIGVEC: [[f32; 3]; 3] = [
 /// The resampling filter of every rescale in this module (see the module documentation).
 const RESIZE_ALG: fir::ResizeAlg = fir::ResizeAlg::Convolution(fir::FilterType::Bilinear);
 
-/// The training scale S: the shortest side after the isotropic rescale.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub enum Scale {
-    /// Single-scale training: S fixed (256 or 384 in the paper).
-    Fixed(u32),
-    /// Scale jitter: S drawn per image uniformly among the integers `min..=max` ([256, 512]).
-    Jitter { min: u32, max: u32 },
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
 }
 
-/// The training augmentation.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct TrainTransform {
-    pub scale: Scale,
-    /// Side of the square random crop (224).
-    pub crop: u32,
-    /// Probability of a horizontal flip (0.5).
-    pub flip_p: f64,
-    /// Standard deviation of the PCA lighting coefficients (0.1); 0 disables the lighting.
-    pub pca_std: f32,
-    /// Mean RGB subtracted from every pixel (0-255 scale).
-    pub mean: [f32; 3],
+/// A record that could not be turned into a sample, named by shard, record and key.
+#[derive(Debug, thiserror::Error)]
+pub enum SampleError {
+    /// The record's index entry is damaged.
+    #[error(transparent)]
+    Shard(#[from] ShardError),
+    /// The record's bytes are not what its index row says.
+    #[error("{shard}: record {record} ({key}): {source}")]
+    Record {
+        shard: PathBuf,
+        record: usize,
+        key: String,
+        #[source]
+        source: AugmentError,
+    },
 }
 
-/// The evaluation transform.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct EvalTransform {
-    /// Test scale Q: the shortest side after the isotropic rescale.
-    pub scale: u32,
-    /// Side of the centre crop; `None` keeps the whole rescaled image (dense evaluation, variable
-    /// size: see [`rescale_whole`]).
-    pub crop: Option<u32>,
-    /// Mean RGB subtracted from every pixel (0-255 scale).
-    pub mean: [f32; 3],
+/// Runs `f` on record `global` of `split` with this thread's reusable [`Scratch`] (decode and
+/// resize buffers, so workers allocate only while warming up); a failure names the record.
+/// The one way the loader, the evaluator and the benchmarks read a record's pixels.
+pub fn with_record<'s, R>(
+    split: &'s PreparedSplit,
+    global: u64,
+    f: impl FnOnce(&RecordRef<'s>, &mut Scratch) -> Result<R, AugmentError>,
+) -> Result<R, SampleError> {
+    let rec = split.record(global)?;
+    SCRATCH
+        .with(|s| f(&rec, &mut s.borrow_mut()))
+        .map_err(|source| SampleError::Record {
+            shard: split.shard_path(global).to_path_buf(),
+            record: rec.index,
+            key: rec.key.to_string(),
+            source,
+        })
 }
 
 /// One sample's random choices, drawn by [`TrainTransform::params`].
@@ -417,17 +422,49 @@ fn train_kernel(
 /// Eval: rescale so the shortest side is Q, then the centre `crop x crop` window into `out`
 /// (origin `((sw - crop) / 2, (sh - crop) / 2)`, rounded down), minus the mean. Panics when
 /// `t.crop` is `None` (whole images go through [`rescale_whole`]).
+///
+/// This is the one centre crop of the toolkit: the trainer's validation (through the loader)
+/// and `vgg eval --protocol centre` (through [`centre_from_rgb`]) feed the network exactly these
+/// pixels.
 pub fn eval_sample(
     rec: &RecordRef<'_>,
     t: &EvalTransform,
     scratch: &mut Scratch,
     out: Output<'_>,
 ) -> Result<(), AugmentError> {
-    let crop = t
-        .crop
-        .expect("eval_sample needs a centre crop; whole images go through rescale_whole");
     let Scratch { decoded, kernel } = scratch;
     let (w, h, rgb) = decode_into(rec, decoded)?;
+    centre_kernel(kernel, rgb, w, h, t, false, out);
+    Ok(())
+}
+
+/// [`eval_sample`]'s centre crop of an already decoded RGB8 image (`w x h`), mirrored
+/// left-right when `flip`: the evaluator decodes an image once and takes its views at several
+/// scales.
+pub fn centre_from_rgb(
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+    t: &EvalTransform,
+    flip: bool,
+    scratch: &mut Scratch,
+    out: Output<'_>,
+) {
+    centre_kernel(&mut scratch.kernel, rgb, w, h, t, flip, out);
+}
+
+fn centre_kernel(
+    kernel: &mut Kernel,
+    rgb: &[u8],
+    w: u32,
+    h: u32,
+    t: &EvalTransform,
+    flip: bool,
+    out: Output<'_>,
+) {
+    let crop = t
+        .crop
+        .expect("a centre crop needs EvalTransform::crop; whole images go through rescale_whole");
     let scaled = scaled_size(w, h, t.scale);
     let origin = (
         scaled.0.saturating_sub(crop) / 2,
@@ -439,8 +476,7 @@ pub fn eval_sample(
         origin,
         crop,
     };
-    render(kernel, (rgb, w, h), win, false, offset, out);
-    Ok(())
+    render(kernel, (rgb, w, h), win, flip, offset, out);
 }
 
 /// Eval whole image: rescale RGB8 so the shortest side is `q` (same filter as training) and

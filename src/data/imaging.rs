@@ -1,5 +1,5 @@
-//! Pixel I/O shared by the shard writer and the loader: decoding any source file to RGB8 under
-//! size limits, the shortest-side rescale, and JPEG encoding.
+//! Pixel I/O shared by the shard writer, the loader and the synthetic dataset generator: decoding
+//! any source file to RGB8 under size limits, the shortest-side rescale, and JPEG encoding.
 //!
 //! Decoding trusts the bytes, never the file name (ImageNet has a PNG named `.JPEG`), converts
 //! grayscale and CMYK to RGB, and turns a decompression bomb or a truncated file into an `Err`

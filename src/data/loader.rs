@@ -16,8 +16,6 @@
 //! and key, delivered to the consumer in order; a worker never panics on data. Dropping the
 //! loader stops and joins its threads.
 
-use std::cell::RefCell;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -27,8 +25,7 @@ use ndarray::{ArrayView2, ArrayView4};
 use rayon::prelude::*;
 
 use crate::config::pipeline::{LoaderSettings, Order, OutputKind};
-use crate::data::augment::{self, AugmentError, EvalTransform, Output, Scratch, TrainTransform};
-use crate::data::shard::RecordRef;
+use crate::data::augment::{self, EvalTransform, Output, SampleError, TrainTransform};
 use crate::data::store::PreparedSplit;
 use crate::util::rng::{Rng, Stream};
 
@@ -86,51 +83,12 @@ impl LoaderOptions {
 /// Why the loader stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum LoaderError {
-    #[error("{shard}: record {record} ({key}): {source}")]
-    Record {
-        shard: PathBuf,
-        record: usize,
-        key: String,
-        #[source]
-        source: AugmentError,
-    },
-    #[error("{shard}: record {record}: {message}")]
-    Shard {
-        shard: PathBuf,
-        record: usize,
-        message: String,
-    },
+    #[error(transparent)]
+    Sample(#[from] SampleError),
     #[error("invalid loader options: {0}")]
     Options(String),
     #[error("cannot start loader threads: {0}")]
     Threads(String),
-}
-
-/// Record `global` of `split`; a damaged index entry is an error naming its shard.
-pub fn record(split: &PreparedSplit, global: u64) -> Result<RecordRef<'_>, LoaderError> {
-    let (k, i) = split.locate(global);
-    let shard = &split.shards[k];
-    shard.record(i).map_err(|e| LoaderError::Shard {
-        shard: shard.path().to_path_buf(),
-        record: i,
-        message: e.to_string(),
-    })
-}
-
-/// The error for a record that failed to decode or augment, naming shard, record and key.
-pub fn record_failure(
-    split: &PreparedSplit,
-    rec: &RecordRef<'_>,
-    global: u64,
-    source: AugmentError,
-) -> LoaderError {
-    let (k, _) = split.locate(global);
-    LoaderError::Record {
-        shard: split.shards[k].path().to_path_buf(),
-        record: rec.index,
-        key: rec.key.to_string(),
-        source,
-    }
 }
 
 /// The record indices of one epoch for this rank, in order.
@@ -271,19 +229,8 @@ pub struct Loader {
     stopped: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
     batches: usize,
-    samples: usize,
     buffer_bytes: usize,
     done: bool,
-}
-
-thread_local! {
-    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
-}
-
-/// Runs `f` with this thread's reusable scratch (decode and resize buffers), so workers
-/// allocate only while warming up.
-pub fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
-    SCRATCH.with(|s| f(&mut s.borrow_mut()))
 }
 
 impl Loader {
@@ -383,7 +330,6 @@ impl Loader {
             stopped,
             handle: Some(handle),
             batches: (batches * opts.epochs as usize).saturating_sub(opts.start_batch),
-            samples,
             buffer_bytes,
             done: false,
         })
@@ -392,11 +338,6 @@ impl Loader {
     /// Batches the loader yields over all its epochs.
     pub fn batches(&self) -> usize {
         self.batches
-    }
-
-    /// Samples per epoch.
-    pub fn samples_per_epoch(&self) -> usize {
-        self.samples
     }
 
     /// Bytes held in batch buffers (the loader's whole steady-state footprint, but for one
@@ -566,16 +507,17 @@ impl Producer {
         if self.stopped.load(Ordering::Relaxed) {
             return Ok(()); // the batch is discarded anyway
         }
-        let rec = record(&self.split, global)?;
-        *label = rec.label as i64;
-        let result = with_scratch(|scratch| match &self.mode {
-            Mode::Train(t) => {
-                let p = t.params(self.settings.seed, epoch, global);
-                augment::train_sample(&rec, t, &p, scratch, out)
+        augment::with_record(&self.split, global, |rec, scratch| {
+            *label = rec.label as i64;
+            match &self.mode {
+                Mode::Train(t) => {
+                    let p = t.params(self.settings.seed, epoch, global);
+                    augment::train_sample(rec, t, &p, scratch, out)
+                }
+                Mode::Eval(e) => augment::eval_sample(rec, e, scratch, out),
             }
-            Mode::Eval(e) => augment::eval_sample(&rec, e, scratch, out),
-        });
-        result.map_err(|source| record_failure(&self.split, &rec, global, source))
+        })?;
+        Ok(())
     }
 }
 

@@ -158,4 +158,3 @@ pub fn skipped_tsv(skipped: &[Skipped]) -> String {
     }
     s
 }
-

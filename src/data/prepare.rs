@@ -10,8 +10,8 @@
 //! - merge: the manifest is assembled from the shard files themselves, so the parts' union is
 //!   byte-identical to a single-machine run.
 
+use crate::util::progress::{Cancel, Progress};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -69,20 +69,6 @@ pub struct PrepareOptions {
     /// Only assemble the manifest from shards the parts wrote.
     pub merge: bool,
 }
-
-/// Progress reporting hooks, implemented by the binary's progress bar.
-pub trait Progress: Sync {
-    /// A split starts: `total` records to handle in this run, `done` of them already on disk.
-    fn start(&self, _split: Split, _total: u64, _done: u64) {}
-    /// `n` more source files handled.
-    fn advance(&self, _n: u64) {}
-    /// The split is done.
-    fn finish(&self, _split: Split) {}
-}
-
-/// No progress output.
-pub struct Silent;
-impl Progress for Silent {}
 
 /// The outcome for one split.
 #[derive(Debug, Clone, Serialize)]
@@ -239,7 +225,7 @@ pub fn prepare(
     spec: &DatasetSpec,
     opts: &PrepareOptions,
     progress: &dyn Progress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<Vec<SplitReport>, PrepareError> {
     if spec.source == SourceKind::Synthetic && !opts.merge {
         let s = spec.synthetic.clone().unwrap_or_default();
@@ -291,7 +277,7 @@ fn prepare_split(
     listing: &Listing,
     opts: &PrepareOptions,
     progress: &dyn Progress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<SplitReport, PrepareError> {
     let started = Instant::now();
     let plan = plan(spec, listing);
@@ -323,10 +309,10 @@ fn prepare_split(
             .sum();
         let todo_records: u64 = todo.iter().map(|s| (s.end - s.start) as u64).sum();
         report.shards_kept = mine.len() - todo.len();
-        progress.start(listing.split, total, total - todo_records);
+        progress.start(listing.split.name(), total, total - todo_records);
         for sp in todo {
-            if cancel.load(Ordering::Relaxed) {
-                progress.finish(listing.split);
+            if cancel.is_cancelled() {
+                progress.finish();
                 return Err(PrepareError::Interrupted {
                     split: listing.split,
                     written: report.shards_written,
@@ -339,7 +325,7 @@ fn prepare_split(
                     report.processed += n;
                 }
                 None => {
-                    progress.finish(listing.split);
+                    progress.finish();
                     return Err(PrepareError::Interrupted {
                         split: listing.split,
                         written: report.shards_written,
@@ -347,7 +333,7 @@ fn prepare_split(
                 }
             }
         }
-        progress.finish(listing.split);
+        progress.finish();
     }
     // Assemble the manifest when every planned shard is there (always, for a whole run; for a
     // part, only if it happens to be the last to finish; `--merge` insists).
@@ -474,7 +460,7 @@ fn write_shard(
     plan: &Plan,
     sp: &ShardPlan,
     progress: &dyn Progress,
-    cancel: &AtomicBool,
+    cancel: &Cancel,
 ) -> Result<Option<u64>, PrepareError> {
     let path = plan.dir.join(&sp.file);
     let mut writer = ShardWriter::create(&path, sp.hash)?;
@@ -488,7 +474,7 @@ fn write_shard(
     };
     let files = &listing.files[sp.start..sp.end];
     for (c, chunk) in files.chunks(CHUNK).enumerate() {
-        if cancel.load(Ordering::Relaxed) {
+        if cancel.is_cancelled() {
             return Ok(None); // the writer's Drop removes the temporary file
         }
         let results: Vec<Result<Result<Prepared, String>, PrepareError>> = chunk

@@ -13,8 +13,9 @@ use serde::Serialize;
 
 use crate::data::imaging;
 use crate::data::manifest::{self, Conversions, Manifest, ManifestClass, ManifestError};
-use crate::data::shard::{Encoding, ShardError, ShardReader};
+use crate::data::shard::{Encoding, RecordRef, ShardError, ShardReader};
 use crate::data::source::Split;
+use crate::util::progress::{Cancel, Progress};
 
 /// Why a prepared split could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum StoreError {
     },
     #[error("cannot start worker threads: {0}")]
     Threads(String),
+    #[error("interrupted after checking {records} records; nothing was changed")]
+    Interrupted { records: u64 },
 }
 
 /// An opened, validated split.
@@ -81,6 +84,22 @@ impl PreparedSplit {
     }
 
     /// (shard, record within shard) of a global record index. Panics when out of range.
+    /// Record `global` (numbered across the split's shards in manifest order); a damaged index
+    /// entry is an error naming its shard and record.
+    ///
+    /// # Panics
+    ///
+    /// If `global >= self.len()`.
+    pub fn record(&self, global: u64) -> Result<RecordRef<'_>, ShardError> {
+        let (k, i) = self.locate(global);
+        self.shards[k].record(i)
+    }
+
+    /// The shard file holding record `global`.
+    pub fn shard_path(&self, global: u64) -> &Path {
+        self.shards[self.locate(global).0].path()
+    }
+
     pub fn locate(&self, global: u64) -> (usize, usize) {
         assert!(global < self.len(), "record {global} out of range");
         let k = self.offsets.partition_point(|&o| o <= global) - 1;
@@ -261,11 +280,13 @@ impl VerifyReport {
 
 /// Checks every shard under `dir`: the manifest's shard list and sizes, every header, every
 /// record checksum, and that every record decodes to the size its index row states.
-/// `progress` is called with the number of records checked so far.
+/// Each split is a `progress` phase counted in records; `cancel` stops it between shards
+/// ([`StoreError::Interrupted`]).
 pub fn verify(
     dir: &Path,
     threads: Option<usize>,
-    progress: &(dyn Fn(u64, u64) + Sync),
+    progress: &dyn Progress,
+    cancel: &Cancel,
 ) -> Result<VerifyReport, StoreError> {
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads.unwrap_or(0))
@@ -281,7 +302,14 @@ pub fn verify(
         let m = Manifest::read(&d)?;
         let total: u64 = m.shards.iter().map(|s| s.records).sum();
         let done = AtomicU64::new(0);
+        progress.start(&format!("verify {}", m.split), total, 0);
         for s in &m.shards {
+            if cancel.is_cancelled() {
+                progress.finish();
+                return Err(StoreError::Interrupted {
+                    records: report.records,
+                });
+            }
             let path = d.join(&s.file);
             report.shards += 1;
             let r = match ShardReader::open(&path) {
@@ -316,7 +344,7 @@ pub fn verify(
                     .filter_map(|i| {
                         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                         if n.is_multiple_of(256) || n == total {
-                            progress(n, total);
+                            progress.set_position(n);
                         }
                         check_one(&r, i).err().map(|(key, reason)| VerifyFailure {
                             shard: path.clone(),
@@ -331,6 +359,7 @@ pub fn verify(
             report.records += r.len() as u64;
             report.bytes += r.header().file_len;
         }
+        progress.finish();
     }
     Ok(report)
 }

@@ -24,8 +24,10 @@
 //!   over the views (50 per scale for the paper's 5 x 5 grid with flips).
 //! - [`Protocol::DenseMultiCrop`]: the dense posterior (averaged over its views) and the
 //!   multi-crop posterior (averaged over its views) combined with equal weight.
-//! - [`Protocol::Centre`]: the centre crop of side `config.input` ([`centre_crop`], and its
-//!   mirror if `flip`) through [`forward_graph`]. Several scales are treated like every other
+//! - [`Protocol::Centre`]: the centre crop of side `config.input` (and its mirror if `flip`)
+//!   through [`forward_graph`], made by the loader's kernel
+//!   ([`augment::centre_from_rgb`](crate::data::augment::centre_from_rgb)), so these are the
+//!   pixels the trainer's validation sees. Several scales are treated like every other
 //!   protocol: one centre crop per scale, averaged over scales.
 //!
 //! Scales are then averaged with equal weight (the network's posterior, scored on its own in
@@ -60,17 +62,17 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorRef};
 use rayon::prelude::*;
 
-use crate::bench;
 use crate::config::model::VggConfig;
 use crate::data::augment;
-use crate::data::loader::{self, LoaderError};
+use crate::data::loader::LoaderError;
 use crate::data::shard::Encoding;
 use crate::data::store::PreparedSplit;
 use crate::net::checkpoint::{Checkpoint, CheckpointError, NamedTensor};
 use crate::net::graph::vgg::{dense_graph, forward_graph, parameters};
 use crate::net::session::{self, Device, SessionError, SessionSettings};
+use crate::util::progress::{Cancel, Progress};
 
-use super::protocol::{centre_crop, crop_grid, PosteriorSum, Protocol};
+use super::protocol::{crop_grid, PosteriorSum, Protocol};
 use crate::net::accuracy::{rank_of, TopK};
 
 /// Images decoded, rescaled and run together. Bounds the memory of rescaled images (one chunk
@@ -148,7 +150,7 @@ pub struct EvalReport {
     /// Wall time of the image loop (sessions already built).
     pub seconds: f64,
     pub images_per_sec: f64,
-    /// Peak resident memory of the process at the end ([`bench::peak_rss_bytes`]).
+    /// Peak resident memory of the process at the end ([`crate::util::machine::peak_rss_bytes`]).
     pub peak_rss_bytes: Option<u64>,
 }
 
@@ -206,8 +208,17 @@ pub enum EvalError {
     Channels { network: String, channels: u32 },
     #[error("network {network}: {message}")]
     Params { network: String, message: String },
-    #[error("network {network}: ONNX Runtime failed on the {graph} graph: {message}")]
+    #[error("interrupted after {images} of {total} images; nothing was written")]
+    Interrupted { images: u64, total: u64 },
+    #[error("network {network}: ONNX Runtime failed on the {graph} graph: {source}")]
     Run {
+        network: String,
+        graph: &'static str,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("network {network}: the {graph} graph gave {message}")]
+    Output {
         network: String,
         graph: &'static str,
         message: String,
@@ -216,17 +227,19 @@ pub enum EvalError {
 
 /// Evaluates `nets` on `split` with `s`, scoring each image's fused posterior (and each
 /// network's own) as it goes; memory does not grow with the number of classes times images.
-/// `progress(done, total)` is called after every chunk of images.
+/// `progress` counts images, after every chunk; `cancel` stops between chunks with
+/// [`EvalError::Interrupted`].
 pub fn evaluate(
     split: &PreparedSplit,
     nets: &[Network],
     s: &EvalSettings,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &dyn Progress,
+    cancel: &Cancel,
 ) -> Result<EvalReport, EvalError> {
     let mut fused = TopK::default();
     let mut per_network = vec![TopK::default(); nets.len()];
     let mut images = Vec::new();
-    let seconds = run_chunks(split, nets, s, progress, &mut |c| {
+    let seconds = run_chunks(split, nets, s, progress, cancel, &mut |c| {
         for (i, (&index, &label)) in c.indices.iter().zip(c.labels).enumerate() {
             let post = c.fused.mean(i);
             let rank = rank_of(&post, label as usize);
@@ -254,7 +267,7 @@ pub fn evaluate(
         images,
         seconds,
         images_per_sec: if seconds > 0.0 { n / seconds } else { 0.0 },
-        peak_rss_bytes: bench::peak_rss_bytes(),
+        peak_rss_bytes: crate::util::machine::peak_rss_bytes(),
     })
 }
 
@@ -264,7 +277,8 @@ pub fn posteriors(
     split: &PreparedSplit,
     nets: &[Network],
     s: &EvalSettings,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &dyn Progress,
+    cancel: &Cancel,
 ) -> Result<Posteriors, EvalError> {
     let total = total_images(split, s) as usize;
     let classes = nets.first().map_or(0, |n| n.config.classes as usize);
@@ -274,7 +288,7 @@ pub fn posteriors(
         fused: PosteriorSum::new(total, classes),
         per_network: vec![PosteriorSum::new(total, classes); nets.len()],
     };
-    run_chunks(split, nets, s, progress, &mut |c| {
+    run_chunks(split, nets, s, progress, cancel, &mut |c| {
         for (i, (&index, &label)) in c.indices.iter().zip(c.labels).enumerate() {
             let row = out.indices.len();
             out.indices.push(index);
@@ -416,10 +430,10 @@ impl<'a> Runner<'a> {
             Graph::Forward => (self.forward.as_mut(), "forward"),
         };
         let session = session.expect("the protocol's sessions are built up front");
-        let err = |message: String| EvalError::Run {
+        let err = |source: ort::Error| EvalError::Run {
             network: self.name.to_string(),
             graph: what,
-            message,
+            source,
         };
         let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
             Vec::with_capacity(self.weights.len() + 1);
@@ -427,19 +441,22 @@ impl<'a> Runner<'a> {
             inputs.push((Cow::Borrowed(*name), SessionInputValue::from(w.value())));
         }
         let shape = [n, 3, h as usize, w as usize];
-        let x = TensorRef::from_array_view((shape, images)).map_err(|e| err(e.to_string()))?;
+        let x = TensorRef::from_array_view((shape, images)).map_err(err)?;
         inputs.push((Cow::Borrowed("images"), x.into()));
-        let outputs = session.run(inputs).map_err(|e| err(e.to_string()))?;
+        let outputs = session.run(inputs).map_err(err)?;
+        let wrong = |message: String| EvalError::Output {
+            network: self.name.to_string(),
+            graph: what,
+            message,
+        };
         let probs = outputs
             .get("probabilities")
-            .ok_or_else(|| err("no `probabilities` output".into()))?;
-        let (_, data) = probs
-            .try_extract_tensor::<f32>()
-            .map_err(|e| err(e.to_string()))?;
+            .ok_or_else(|| wrong("no `probabilities` output".into()))?;
+        let (_, data) = probs.try_extract_tensor::<f32>().map_err(err)?;
         let classes = self.config.classes as usize;
         if data.len() != n * classes {
-            return Err(err(format!(
-                "`probabilities` has {} values, expected {n} x {classes}",
+            return Err(wrong(format!(
+                "{} `probabilities` values, expected {n} x {classes}",
                 data.len()
             )));
         }
@@ -533,10 +550,8 @@ fn decode_chunk(split: &PreparedSplit, range: Range<u64>) -> Result<Vec<Decoded<
     range
         .into_par_iter()
         .map(|g| {
-            let rec = loader::record(split, g)?;
-            loader::with_scratch(|scratch| {
-                let (w, h, px) = augment::decode_record(&rec, scratch)
-                    .map_err(|e| loader::record_failure(split, &rec, g, e))?;
+            augment::with_record(split, g, |rec, scratch| {
+                let (w, h, px) = augment::decode_record(rec, scratch)?;
                 let rgb = match rec.encoding {
                     // Validated by decode_record; the mapped bytes are the pixels.
                     Encoding::Raw => Cow::Borrowed(rec.bytes),
@@ -551,6 +566,7 @@ fn decode_chunk(split: &PreparedSplit, range: Range<u64>) -> Result<Vec<Decoded<
                 })
             })
         })
+        .map(|r| r.map_err(|e| EvalError::from(LoaderError::from(e))))
         .collect()
 }
 
@@ -668,11 +684,10 @@ fn chunk_at_scale(
         Ok(sum)
     };
     let grid = |img: &Rescaled| crop_grid(img.w, img.h, input, s.grid);
-    let centre = |img: &Rescaled| vec![centre_crop(img.w, img.h, input)];
     Ok(match s.protocol {
         Protocol::Dense => dense(runner, buf)?,
         Protocol::MultiCrop => crops(runner, buf, &grid)?,
-        Protocol::Centre => crops(runner, buf, &centre)?,
+        Protocol::Centre => unreachable!("the centre crop is taken by centre_at_scale"),
         Protocol::DenseMultiCrop => {
             let mut both = PosteriorSum::new(images.len(), classes);
             both.add_mean(&dense(runner, buf)?);
@@ -682,13 +697,65 @@ fn chunk_at_scale(
     })
 }
 
+/// [`Protocol::Centre`] at test scale `q`: each decoded image's centre crop (and its mirror
+/// with flips) made by the loader's own kernel ([`augment::centre_from_rgb`], the pixels the
+/// trainer validates on), through the forward graph, views averaged.
+fn centre_at_scale(
+    runner: &mut Runner<'_>,
+    images: &[Decoded<'_>],
+    q: u32,
+    s: &EvalSettings,
+    buf: &mut Vec<f32>,
+) -> Result<PosteriorSum, EvalError> {
+    let input = runner.config.input;
+    let classes = runner.config.classes as usize;
+    let t = augment::EvalTransform {
+        scale: q,
+        crop: Some(input),
+        mean: s.mean,
+    };
+    let flips: &[bool] = if s.flip { &[false, true] } else { &[false] };
+    let views: Vec<(usize, bool)> = (0..images.len())
+        .flat_map(|i| flips.iter().map(move |&f| (i, f)))
+        .collect();
+    let per = 3 * input as usize * input as usize;
+    let mut sum = PosteriorSum::new(images.len(), classes);
+    for piece in views.chunks(s.batch) {
+        let n = piece.len();
+        if buf.len() < n * per {
+            buf.resize(n * per, 0.0);
+        }
+        let data = &mut buf[..n * per];
+        data.par_chunks_mut(per)
+            .zip(piece.par_iter())
+            .for_each_init(augment::Scratch::default, |scratch, (dst, &(i, flip))| {
+                let d = &images[i];
+                augment::centre_from_rgb(
+                    &d.rgb,
+                    d.w,
+                    d.h,
+                    &t,
+                    flip,
+                    scratch,
+                    augment::Output::F32Chw(dst),
+                );
+            });
+        let probs = runner.infer(Graph::Forward, data, n, (input, input))?;
+        for (&(i, _), p) in piece.iter().zip(probs.chunks_exact(classes)) {
+            sum.add(i, p);
+        }
+    }
+    Ok(sum)
+}
+
 /// Runs the whole evaluation, handing each chunk's posteriors to `sink`; returns the seconds
 /// the image loop took.
 fn run_chunks(
     split: &PreparedSplit,
     nets: &[Network],
     s: &EvalSettings,
-    progress: &mut dyn FnMut(u64, u64),
+    progress: &dyn Progress,
+    cancel: &Cancel,
     sink: &mut dyn FnMut(ChunkOut<'_>),
 ) -> Result<f64, EvalError> {
     validate(split, nets, s)?;
@@ -700,12 +767,13 @@ fn run_chunks(
     let total = total_images(split, s);
     let range = |start: u64| start..(start + CHUNK_IMAGES as u64).min(total);
     let started = Instant::now();
-    progress(0, total);
+    progress.start("eval", total, 0);
     if total == 0 {
+        progress.finish();
         return Ok(0.0);
     }
     let mut buf = Vec::new();
-    std::thread::scope(|scope| -> Result<(), EvalError> {
+    let result = std::thread::scope(|scope| -> Result<(), EvalError> {
         let mut current = decode_chunk(split, range(0))?;
         loop {
             let next_start = current.last().map_or(total, |d| d.index + 1);
@@ -729,6 +797,12 @@ fn run_chunks(
             }
             let mut per_net = vec![PosteriorSum::new(n, classes as usize); runners.len()];
             for &q in &s.scales {
+                if s.protocol == Protocol::Centre {
+                    for (runner, sum) in runners.iter_mut().zip(&mut per_net) {
+                        sum.add_mean(&centre_at_scale(runner, &current, q, s, &mut buf)?);
+                    }
+                    continue;
+                }
                 let rescaled: Vec<Rescaled> = current
                     .par_iter()
                     .map(|d| {
@@ -750,8 +824,14 @@ fn run_chunks(
                 fused: &fused,
                 per_network: &per_net,
             });
-            progress(next_start, total);
+            progress.set_position(next_start);
             drop(current);
+            if next.is_some() && cancel.is_cancelled() {
+                return Err(EvalError::Interrupted {
+                    images: next_start,
+                    total,
+                });
+            }
             match next {
                 Some(handle) => {
                     current = handle
@@ -762,6 +842,8 @@ fn run_chunks(
             }
         }
         Ok(())
-    })?;
+    });
+    progress.finish();
+    result?;
     Ok(started.elapsed().as_secs_f64())
 }

@@ -9,7 +9,7 @@
 //! the raw little-endian data) that PyTorch (`safetensors.torch.load_file`), Hugging Face tools
 //! and NumPy read directly, with no code execution on load (unlike a pickled `.pt`). The tensors
 //! keep the layout of torchvision's modules (`[out, in, k, k]` for a conv, `[out, in]` for an
-//! FC layer; see [`crate::net::graph::vgg`]), so [`to_torchvision`] only renames them.
+//! FC layer; see [`crate::config::model`]), so [`to_torchvision`] only renames them.
 //!
 //! ## Layout
 //! * every parameter under its project name (`conv1_1.weight`, ..., `fc8.bias`), float32;
@@ -35,12 +35,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::{Metadata, TensorInfo, TensorView};
 use safetensors::{Dtype, SafeTensors, View};
 
 use crate::config::model::VggConfig;
-use crate::net::graph::vgg::{parameters, torchvision_name, ParamSpec, MOMENTUM};
+use crate::config::model::{parameters, torchvision_name, ParamSpec, MOMENTUM};
 
 /// Metadata key of the file format version.
 pub const FORMAT_KEY: &str = "vgg.format";
@@ -576,13 +577,14 @@ fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<NamedTensor,
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect(),
+        // Both widen exactly: every f16 and every bf16 is an f32.
         Dtype::F16 => bytes
             .chunks_exact(2)
-            .map(|b| f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
         Dtype::BF16 => bytes
             .chunks_exact(2)
-            .map(|b| f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+            .map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
         Dtype::F64 => bytes
             .chunks_exact(8)
@@ -602,27 +604,6 @@ fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<NamedTensor,
         shape: view.shape().to_vec(),
         data,
     })
-}
-
-/// IEEE 754 half precision to single precision (exact: every f16 is an f32).
-fn f16_to_f32(h: u16) -> f32 {
-    let negative = h & 0x8000 != 0;
-    let exp = ((h >> 10) & 0x1f) as u32;
-    let mant = (h & 0x3ff) as u32;
-    let sign = if negative { 0x8000_0000 } else { 0 };
-    match exp {
-        0 => {
-            // zero or subnormal: mant * 2^-24
-            let v = mant as f32 * (1.0 / 16_777_216.0);
-            if negative {
-                -v
-            } else {
-                v
-            }
-        }
-        0x1f => f32::from_bits(sign | 0x7f80_0000 | (mant << 13)),
-        _ => f32::from_bits(sign | ((exp + 112) << 23) | (mant << 13)),
-    }
 }
 
 /// A borrowed float32 tensor as safetensors sees it.
@@ -652,15 +633,8 @@ impl View for F32View<'_> {
     fn data(&self) -> Cow<'_, [u8]> {
         #[cfg(target_endian = "little")]
         {
-            // SAFETY: f32 has no padding or invalid bit patterns, u8 has alignment 1, and the
-            // length covers exactly the slice's bytes; on little-endian targets these are the
-            // bytes safetensors stores.
-            Cow::Borrowed(unsafe {
-                std::slice::from_raw_parts(
-                    self.data.as_ptr().cast::<u8>(),
-                    std::mem::size_of_val(self.data),
-                )
-            })
+            // On little-endian targets the in-memory bytes are the ones safetensors stores.
+            Cow::Borrowed(bytemuck::cast_slice(self.data))
         }
         #[cfg(not(target_endian = "little"))]
         {
@@ -1019,6 +993,75 @@ mod tests {
             matches!(&e, CheckpointError::Dtype { name, found, .. } if name == "n" && found == "I64"),
             "{e}"
         );
+    }
+
+    /// The IEEE 754 widening from half precision, written out bit by bit: the reference the
+    /// `half` crate's conversion in [`decode`] is checked against.
+    fn f16_bits_to_f32_reference(h: u16) -> f32 {
+        let sign = if h & 0x8000 != 0 { -1.0f32 } else { 1.0 };
+        let exp = u32::from((h >> 10) & 0x1f);
+        let mant = u32::from(h & 0x3ff);
+        match exp {
+            // zero or subnormal: mant * 2^-24
+            0 => sign * mant as f32 * (1.0 / 16_777_216.0),
+            0x1f if mant == 0 => sign * f32::INFINITY,
+            0x1f => f32::NAN,
+            _ => f32::from_bits(u32::from(h & 0x8000) << 16 | ((exp + 112) << 23) | (mant << 13)),
+        }
+    }
+
+    #[test]
+    fn half_precision_decodes_exactly_for_every_bit_pattern() {
+        let halves: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let path = Path::new("every.safetensors");
+        let count = 1usize << 16;
+        let f16s = decode(
+            path,
+            "h",
+            &TensorView::new(Dtype::F16, vec![count], &halves).unwrap(),
+        )
+        .unwrap();
+        let bf16s = decode(
+            path,
+            "b",
+            &TensorView::new(Dtype::BF16, vec![count], &halves).unwrap(),
+        )
+        .unwrap();
+        for (h, (&got_f16, &got_bf16)) in (0..=u16::MAX).zip(f16s.data.iter().zip(&bf16s.data)) {
+            let want = f16_bits_to_f32_reference(h);
+            if want.is_nan() {
+                assert!(got_f16.is_nan(), "f16 {h:#06x}: {got_f16}");
+            } else {
+                assert_eq!(got_f16.to_bits(), want.to_bits(), "f16 {h:#06x}");
+            }
+            // bf16 is the top half of an f32.
+            let want = f32::from_bits(u32::from(h) << 16);
+            if want.is_nan() {
+                assert!(got_bf16.is_nan(), "bf16 {h:#06x}: {got_bf16}");
+            } else {
+                assert_eq!(got_bf16.to_bits(), want.to_bits(), "bf16 {h:#06x}");
+            }
+        }
+        // The values `read_tensors_converts_other_float_dtypes` checks through a file.
+        let at = |h: u16| f16s.data[usize::from(h)];
+        assert_eq!(
+            [at(0x3c00), at(0xc000), at(0x0001), at(0x7bff), at(0x7c00)],
+            [1.0, -2.0, 2f32.powi(-24), 65504.0, f32::INFINITY]
+        );
+        assert_eq!(at(0x8000).to_bits(), (-0.0f32).to_bits());
+    }
+
+    #[test]
+    fn f32_view_bytes_are_the_little_endian_values() {
+        let t = NamedTensor {
+            name: "w".into(),
+            shape: vec![2, 2],
+            data: vec![1.0, -2.5, f32::MIN_POSITIVE, f32::NAN],
+        };
+        let view = F32View::of(&t);
+        let want: Vec<u8> = t.data.iter().flat_map(|x| x.to_le_bytes()).collect();
+        assert_eq!(&*view.data(), &want[..]);
+        assert_eq!(view.data_len(), 16);
     }
 
     #[test]

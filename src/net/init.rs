@@ -31,36 +31,10 @@ use std::collections::HashMap;
 use rayon::prelude::*;
 
 use crate::config::model::VggConfig;
+use crate::config::model::{parameters, LayerType, ParamKind, ParamSpec, MOMENTUM};
+use crate::config::training::Init;
 use crate::net::checkpoint::{spec_shape, CheckpointError, NamedTensor, TensorMismatch};
-use crate::net::graph::vgg::{parameters, LayerType, ParamKind, ParamSpec, MOMENTUM};
 use crate::util::rng::{Rng, Stream};
-
-/// How to draw the weights (biases are always zero).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Init {
-    /// Zero-mean normal with standard deviation `std` (the paper's scheme; see the module
-    /// documentation for the choice of 0.01).
-    Normal { std: f32 },
-    /// Glorot & Bengio (2010), "normalised initialisation": uniform in `[-a, a]` with
-    /// `a = sqrt(6 / (fan_in + fan_out))`, fans counting the kernel area for a convolution
-    /// (PyTorch's `xavier_uniform_`).
-    Glorot,
-    /// He et al. (2015): normal with std `sqrt(2 / fan_in)` for every layer, which keeps the
-    /// signal's scale through each ReLU layer, with the first layer's std divided by
-    /// [`PIXEL_STD`] because its inputs are mean-subtracted pixels on the 0-255 scale (the
-    /// paper's input), not unit-variance ones. Activations and logits then start near unit
-    /// scale: narrow networks trained from scratch on a CPU learn at once (at a learning rate
-    /// near 1e-3; 1e-2 diverges), where the paper's std 0.01 leaves them at chance for
-    /// thousands of steps. The demo recipes use it.
-    Kaiming,
-}
-
-impl Default for Init {
-    fn default() -> Self {
-        Init::Normal { std: 0.01 }
-    }
-}
 
 impl Init {
     /// One weight tensor of `spec` drawn from `rng`.

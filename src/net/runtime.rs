@@ -18,11 +18,12 @@
 //!    ancestors, the executable's directory and its ancestors, and the crate's source directory.
 //!
 //! Before `ort` sees a file, [`init`] checks it is a regular file with an ELF header, `dlopen`s it
-//! (`RTLD_NOW`, so missing dependencies show up here), finds `OrtGetApiBase` and reads the version
-//! it reports, refusing anything older than [`MIN_ORT_API`]. Only then is `ort::init_from` called,
-//! under `catch_unwind`, so even an unexpected panic inside `ort` comes back as an `Err`. (`ort`
-//! rc.15 itself returns an error rather than panicking when `dlopen` fails; the checks here give a
-//! better message and cover the cases where it would panic, e.g. a null `OrtGetApiBase`.)
+//! with `libloading` (`RTLD_NOW`, so missing dependencies show up here), finds `OrtGetApiBase`
+//! and reads the version it reports, refusing anything older than [`MIN_ORT_API`]. Only then is
+//! `ort::init_from` called, under `catch_unwind`, so even an unexpected panic inside `ort` comes
+//! back as an `Err`. (`ort` rc.15 itself returns an error rather than panicking when `dlopen`
+//! fails; the checks here give a better message and cover the cases where it would panic, e.g. a
+//! null `OrtGetApiBase`.)
 
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::panic::{self, AssertUnwindSafe};
@@ -308,52 +309,41 @@ fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// The `dlopen` probe. `ort` keeps its `libloading` handle private, and the crate has no `libc`
-/// dependency, so the three libc functions are declared here.
+/// The `dlopen` probe, through `libloading` (the crate `ort` loads the library with; `ort` keeps
+/// its handle private, so the probe opens its own).
 #[cfg(unix)]
 mod dl {
-    use std::ffi::{c_char, c_int, c_void, CStr, CString};
-    use std::os::unix::ffi::OsStrExt;
+    use std::ffi::CStr;
     use std::path::Path;
 
-    /// `RTLD_NOW` is 2 on Linux, the BSDs and macOS.
-    const RTLD_NOW: c_int = 2;
-
-    unsafe extern "C" {
-        fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
-        fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
-        fn dlclose(handle: *mut c_void) -> c_int;
-        fn dlerror() -> *mut c_char;
-    }
+    use libloading::os::unix::{Library, Symbol, RTLD_NOW};
 
     type GetApiBase = unsafe extern "system" fn() -> *const ort::sys::OrtApiBase;
 
-    /// Opens the library and returns the version it reports. On success the handle is kept open
-    /// (`ort` opens the same file next, and the process keeps it loaded for good).
+    /// Opens the library and returns the version it reports. Once `OrtGetApiBase` is found the
+    /// handle is kept open for good (`ort` opens the same file next, and the process keeps it
+    /// loaded); a library without it is closed again.
     pub(super) fn version_of(path: &Path) -> Result<Option<String>, String> {
-        let c_path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| "its path contains a NUL byte".to_string())?;
-        // SAFETY: plain libc calls with valid NUL-terminated strings; `dlerror` returns either
-        // null or a thread-local NUL-terminated message.
-        let handle = unsafe {
-            dlerror();
-            dlopen(c_path.as_ptr(), RTLD_NOW)
+        // SAFETY: loading runs the library's initialisers; this is the library the process is
+        // about to use anyway (the same file goes to `ort` next), checked above to be an ELF file.
+        let library = unsafe { Library::open(Some(path), RTLD_NOW) }.map_err(|e| open_error(&e))?;
+        // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release.
+        let symbol: Symbol<GetApiBase> = match unsafe { library.get(b"OrtGetApiBase\0") } {
+            Ok(symbol) => symbol,
+            // Dropping `library` closes the handle, which nothing else uses.
+            Err(_) => {
+                return Err(
+                    "it does not export OrtGetApiBase, so it is not ONNX Runtime".to_string(),
+                )
+            }
         };
-        if handle.is_null() {
-            return Err(last_error());
-        }
-        // SAFETY: `handle` is a live handle from `dlopen`.
-        let symbol = unsafe { dlsym(handle, c"OrtGetApiBase".as_ptr()) };
-        if symbol.is_null() {
-            // SAFETY: closes the handle opened above, which nothing else uses.
-            unsafe { dlclose(handle) };
-            return Err("it does not export OrtGetApiBase, so it is not ONNX Runtime".to_string());
-        }
-        // SAFETY: `OrtGetApiBase` has this signature in every ONNX Runtime release; the returned
-        // struct and version string are static data of the library, which stays loaded.
+        // Keep the library loaded for the life of the process: `symbol` and the strings it
+        // returns point into it.
+        let _handle = library.into_raw();
+        // SAFETY: the returned struct and version string are static data of the library, which
+        // stays loaded.
         unsafe {
-            let get_base = std::mem::transmute::<*mut c_void, GetApiBase>(symbol);
-            let base = get_base();
+            let base = symbol();
             if base.is_null() {
                 return Err("OrtGetApiBase returned null".to_string());
             }
@@ -365,16 +355,13 @@ mod dl {
         }
     }
 
-    fn last_error() -> String {
-        // SAFETY: see above.
-        let message = unsafe { dlerror() };
-        if message.is_null() {
-            "dlopen failed".to_string()
-        } else {
-            // SAFETY: non-null `dlerror` results are NUL-terminated strings.
-            unsafe { CStr::from_ptr(message) }
-                .to_string_lossy()
-                .into_owned()
+    /// The sentence for a failed `dlopen`: the system's `dlerror` message, as `libloading` keeps
+    /// it in the error's source (its own `Display` is only "dlopen failed").
+    pub(super) fn open_error(error: &libloading::Error) -> String {
+        match error {
+            libloading::Error::DlOpen { source } => source.to_string(),
+            libloading::Error::InteriorZeroElements => "its path contains a NUL byte".to_string(),
+            _ => "dlopen failed".to_string(),
         }
     }
 }
@@ -385,5 +372,40 @@ mod dl {
 mod dl {
     pub(super) fn version_of(_path: &std::path::Path) -> Result<Option<String>, String> {
         Ok(None)
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_dlopen_reports_the_systems_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        // An ELF header with nothing behind it: past `check_header`, refused by `dlopen`.
+        let truncated = dir.path().join("truncated.so");
+        std::fs::write(&truncated, b"\x7fELF\x02\x01\x01\0").unwrap();
+        let reason = dl::version_of(&truncated).unwrap_err();
+        // libloading's own text for this error is only "dlopen failed"; the reason is dlerror's.
+        assert_ne!(reason, "dlopen failed");
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        assert!(reason.contains("truncated.so"), "{reason}");
+        let err = probe_library(&truncated).unwrap_err();
+        assert!(
+            matches!(&err, RuntimeError::Load { reason: r, .. } if *r == reason),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn dlopen_errors_without_a_system_reason_keep_their_sentences() {
+        assert_eq!(
+            dl::open_error(&libloading::Error::DlOpenUnknown),
+            "dlopen failed"
+        );
+        assert_eq!(
+            dl::open_error(&libloading::Error::InteriorZeroElements),
+            "its path contains a NUL byte"
+        );
     }
 }

@@ -77,8 +77,12 @@ pub enum SessionError {
          ORT_DYLIB_PATH at its libonnxruntime.so"
     )]
     NoCuda { library: String, available: String },
-    #[error("ONNX Runtime refused the {graph} graph: {message}")]
-    Build { graph: String, message: String },
+    #[error("ONNX Runtime refused the {graph} graph: {source}")]
+    Build {
+        graph: String,
+        #[source]
+        source: ort::Error,
+    },
 }
 
 /// Builds a session for `graph`.
@@ -93,18 +97,18 @@ pub fn build_from_bytes(
     settings: &SessionSettings,
 ) -> Result<Session, SessionError> {
     let env = runtime::init()?;
-    let err = |e: String| SessionError::Build {
+    let err = |e: ort::Error| SessionError::Build {
         graph: what.to_string(),
-        message: e,
+        source: e,
     };
     let mut builder = Session::builder(&env)
-        .map_err(|e| err(e.to_string()))?
+        .map_err(err)?
         .with_optimization_level(GraphOptimizationLevel::All)
-        .map_err(|e| err(e.to_string()))?;
+        .map_err(|e| err(e.into()))?;
     if settings.threads > 0 {
         builder = builder
             .with_intra_threads(settings.threads)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
     }
     if let Device::Cuda(id) = settings.device {
         let info = runtime::info()?;
@@ -119,11 +123,9 @@ pub fn build_from_bytes(
                 .with_device_id(id)
                 .build()
                 .error_on_failure()])
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(e.into()))?;
     }
-    builder
-        .commit_from_memory(model)
-        .map_err(|e| err(e.to_string()))
+    builder.commit_from_memory(model).map_err(err)
 }
 
 #[cfg(test)]

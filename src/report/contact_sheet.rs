@@ -1,9 +1,10 @@
 //! Contact sheets: a grid of images with a one-line caption under each, written as PNG.
 //!
 //! `vgg preview` uses this to show augmented training samples, so a person can see what the
-//! network sees. There is no font crate in the build, so the captions use a small embedded
-//! 5x7 bitmap font with a descender row (printable ASCII 32..=126; anything else is drawn as
-//! `?`), drawn at an integer scale.
+//! network sees. The captions use a small embedded 5x7 bitmap font with a descender row
+//! (printable ASCII 32..=126; anything else is drawn as `?`), drawn at an integer scale: crisp
+//! at any size and exact to the pixel, where the charts of [`crate::report::plot`] use a TTF
+//! font. The PNG goes through the report layer's one writer, [`crate::report::png`].
 //!
 //! Layout: tiles go row-major into `columns` columns. Every cell is as wide as the widest tile
 //! and as tall as the tallest tile plus a caption band (present only when some tile has a
@@ -11,10 +12,11 @@
 //! sits at the top of its cell, centred horizontally; its caption is centred under it and
 //! truncated with `...` to the cell width.
 
-use std::io::Cursor;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use image::{ImageFormat, Rgb, RgbImage};
+use image::{Rgb, RgbImage};
+
+use crate::report::png::{self, PngError};
 
 /// One image on the sheet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,14 +58,9 @@ impl Default for SheetOptions {
 /// Why a sheet could not be written. Always names the destination path.
 #[derive(Debug, thiserror::Error)]
 pub enum SheetError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: cannot encode PNG: {message}")]
-    Encode { path: PathBuf, message: String },
+    /// Encoding or writing the PNG failed.
+    #[error(transparent)]
+    Png(#[from] PngError),
 }
 
 /// Glyph width in font pixels.
@@ -313,21 +310,11 @@ pub fn render(tiles: &[Tile], opts: &SheetOptions) -> RgbImage {
     img
 }
 
-/// Renders the sheet and writes it as PNG to `path` atomically: the bytes go to a temporary
-/// file in the same directory ([`crate::util::fs::write_atomic`]), synced and renamed over `path`. On
-/// any failure the temporary file is removed and the error names `path`.
+/// Renders the sheet and writes it as PNG to `path` atomically through
+/// [`crate::report::png::write_png`]: a temporary file in the same directory, synced and renamed
+/// over `path`. On any failure the temporary file is removed and the error names `path`.
 pub fn write_png(path: &Path, tiles: &[Tile], opts: &SheetOptions) -> Result<(), SheetError> {
-    let img = render(tiles, opts);
-    let mut bytes = Vec::new();
-    img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
-        .map_err(|e| SheetError::Encode {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-    crate::util::fs::write_atomic(path, &bytes).map_err(|source| SheetError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(png::write_png(path, &render(tiles, opts))?)
 }
 
 /// Turns a normalised float32 CHW tensor (`x = pixel - mean + shift`, `3 * size * size`
@@ -634,7 +621,10 @@ mod tests {
         let tiles = vec![solid(4, 4, [1, 1, 1], "x")];
         let missing = dir.path().join("no-such-dir").join("sheet.png");
         let err = write_png(&missing, &tiles, &SheetOptions::default()).unwrap_err();
-        assert!(matches!(err, SheetError::Io { .. }));
+        assert!(
+            matches!(err, SheetError::Png(PngError::Io { .. })),
+            "{err:?}"
+        );
         assert!(
             err.to_string().contains(&missing.display().to_string()),
             "{err}"
@@ -646,6 +636,10 @@ mod tests {
         fs::create_dir(&taken).unwrap();
         fs::write(taken.join("keep"), b"x").unwrap();
         let err = write_png(&taken, &tiles, &SheetOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, SheetError::Png(PngError::Io { .. })),
+            "{err:?}"
+        );
         assert!(
             err.to_string().contains(&taken.display().to_string()),
             "{err}"

@@ -27,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::util::fs::write_atomic;
 use crate::report::plot::{self, Chart, Series};
+use crate::util::fs::write_atomic;
 
 /// File name of the metrics log in a run directory.
 pub const FILE_NAME: &str = "metrics.jsonl";
@@ -282,7 +282,8 @@ fn parse_lines<'a>(path: &Path, bytes: &'a [u8]) -> Result<Vec<(Record, &'a [u8]
 /// - learning rate per step, log y (per epoch when there are no step records);
 /// - images per second per step and per epoch.
 ///
-/// Every file is written atomically. Returns the paths written, the grid first.
+/// Every file is written atomically. Returns the paths written: the grid as PNG, then as SVG,
+/// then each chart's PNG.
 pub fn write_plots(run_dir: &Path, records: &[Record]) -> Result<Vec<PathBuf>, MetricsError> {
     let charts = charts(records);
     let dir = run_dir.join(PLOTS_DIR);
@@ -291,7 +292,10 @@ pub fn write_plots(run_dir: &Path, records: &[Record]) -> Result<Vec<PathBuf>, M
     let grid_path = run_dir.join(PLOTS_FILE);
     let grid = plot::render_grid(&charts, 2, CHART_WIDTH, CHART_HEIGHT);
     plot::write_png(&grid_path, &grid)?;
+    let svg_path = grid_path.with_extension("svg");
+    plot::write_svg(&svg_path, &charts, 2, CHART_WIDTH, CHART_HEIGHT)?;
     written.push(grid_path);
+    written.push(svg_path);
     for (chart, name) in charts.iter().zip(CHART_NAMES) {
         let path = dir.join(format!("{name}.png"));
         plot::write_png(&path, &plot::render(chart, CHART_WIDTH, CHART_HEIGHT))?;
@@ -714,7 +718,10 @@ mod tests {
 
     fn check_plots(dir: &Path, records: &[Record]) {
         let written = write_plots(dir, records).unwrap();
-        let mut expected = vec![dir.join(PLOTS_FILE)];
+        let mut expected = vec![
+            dir.join(PLOTS_FILE),
+            dir.join(PLOTS_FILE).with_extension("svg"),
+        ];
         expected.extend(
             CHART_NAMES
                 .iter()
@@ -726,7 +733,12 @@ mod tests {
             (grid.width(), grid.height()),
             (2 * CHART_WIDTH, 2 * CHART_HEIGHT)
         );
-        for p in &written[1..] {
+        let svg = fs::read_to_string(&written[1]).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("Training loss"),
+            "{svg:.200}"
+        );
+        for p in &written[2..] {
             let img = image::open(p).unwrap();
             assert_eq!((img.width(), img.height()), (CHART_WIDTH, CHART_HEIGHT));
         }

@@ -10,7 +10,7 @@ pub mod run;
 pub mod schedule;
 pub mod step;
 
-pub use run::{train, Ending, Quiet, TrainOptions, TrainProgress, TrainState, TrainSummary};
+pub use run::{epoch_line, train, Ending, TrainOptions, TrainState, TrainSummary};
 
 use std::path::PathBuf;
 
@@ -19,8 +19,17 @@ use std::path::PathBuf;
 pub enum TrainError {
     #[error("{0}")]
     Setup(String),
-    #[error("ONNX Runtime: {0}")]
-    Runtime(String),
+    /// Tensors or a batch that do not fit the compiled step.
+    #[error("{0}")]
+    Mismatch(String),
+    #[error("ONNX Runtime: {what}: {source}")]
+    Ort {
+        what: String,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("cannot build the training-step graph: {0}")]
+    Graph(#[from] crate::net::graph::autodiff::AutodiffError),
     #[error(transparent)]
     Session(#[from] crate::net::session::SessionError),
     #[error(transparent)]

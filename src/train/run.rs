@@ -13,8 +13,8 @@
 //! state saved with the parameters says where in which epoch the run stands; resuming from a
 //! checkpoint replays exactly the batches an uninterrupted run would have seen.
 
+use crate::util::progress::{Cancel, Progress};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -64,8 +64,8 @@ pub struct TrainOptions {
     pub out: PathBuf,
     pub resume: bool,
     pub session: SessionSettings,
-    /// Set (by a Ctrl-C handler) to stop after the current step with a checkpoint.
-    pub stop: Arc<AtomicBool>,
+    /// Cancelled (by a signal handler) to stop after the current step with a checkpoint.
+    pub stop: Cancel,
     /// Replaces the learning rate, also when resuming (continue a diverged run at a lower
     /// rate, or fine-tune at a new one).
     pub lr: Option<f32>,
@@ -96,18 +96,24 @@ pub struct TrainSummary {
     pub plots: Vec<PathBuf>,
 }
 
-/// Progress callbacks (the binary draws bars; tests stay quiet).
-pub trait TrainProgress {
-    fn epoch_start(&mut self, _epoch: u64, _epochs: u64, _batches: u64, _first_batch: u64) {}
-    fn step(&mut self, _batch: u64, _loss: f32, _top1_error: f64, _images_per_sec: f64) {}
-    fn validating(&mut self, _images: u64) {}
-    fn epoch_end(&mut self, _record: &EpochRecord) {}
-    fn message(&mut self, _text: &str) {}
+/// The line printed for a finished epoch (above the progress bar).
+pub fn epoch_line(r: &EpochRecord) -> String {
+    let val = match (r.val_top1_error, r.val_top5_error) {
+        (Some(a), Some(b)) => {
+            format!("val top-1/top-5 err {:.1}%/{:.1}%", 100.0 * a, 100.0 * b)
+        }
+        _ => "no validation".into(),
+    };
+    format!(
+        "epoch {:>3}  loss {:.3}  train top-1 err {:.1}%  {val}  lr {:.0e}  {:.0} img/s  {:.0}s",
+        r.epoch + 1,
+        r.train_loss,
+        100.0 * r.train_top1_error,
+        r.lr,
+        r.images_per_sec,
+        r.seconds
+    )
 }
-
-/// No output.
-pub struct Quiet;
-impl TrainProgress for Quiet {}
 
 pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
@@ -238,10 +244,7 @@ fn save(
 }
 
 /// Trains as the pipeline says; see the module documentation.
-pub fn train(
-    o: TrainOptions,
-    progress: &mut dyn TrainProgress,
-) -> Result<TrainSummary, TrainError> {
+pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, TrainError> {
     let p = &o.pipeline;
     let config = network(p)?;
     for (what, split) in [("training", Some(&o.train)), ("validation", o.val.as_ref())] {
@@ -326,7 +329,11 @@ pub fn train(
                 "the training split has fewer images than one batch of {batch}"
             )));
         }
-        progress.epoch_start(epoch, epochs, batches, state.batch);
+        progress.start(
+            &format!("epoch {}/{epochs}", epoch + 1),
+            batches,
+            state.batch,
+        );
         let epoch_start = Instant::now();
         let (mut loss_sum, mut top, mut images) = (0f64, TopK::default(), 0u64);
         let (mut window_t, mut window_images) = (Instant::now(), 0u64);
@@ -353,12 +360,12 @@ pub fn train(
             top.top1_correct += r.top1_correct as u64;
             top.top5_correct += r.top5_correct as u64;
             let ips = window_images as f64 / window_t.elapsed().as_secs_f64().max(1e-9);
-            progress.step(
-                state.batch,
+            progress.set_position(state.batch);
+            progress.status(&format!(
+                "{ips:.0} img/s  loss {:.3}  top-1 err {:.1}%",
                 r.loss,
-                1.0 - r.top1_correct as f64 / n as f64,
-                ips,
-            );
+                100.0 * top.top1_error()
+            ));
             if state.step % log_every == 0 {
                 log.append(&Record::Step(StepRecord {
                     step: state.step,
@@ -379,10 +386,10 @@ pub fn train(
                 state.elapsed_seconds = elapsed(&started);
                 save(&[&last_path], &config, &step, &state)?;
             }
-            if o.stop.load(Ordering::SeqCst) {
+            if o.stop.is_cancelled() {
                 state.elapsed_seconds = elapsed(&started);
                 save(&[&last_path], &config, &step, &state)?;
-                progress.message(&format!(
+                progress.line(&format!(
                     "stopped in epoch {} after batch {}: {} holds the position; --resume continues",
                     epoch + 1,
                     state.batch,
@@ -396,7 +403,7 @@ pub fn train(
         let seconds = epoch_start.elapsed().as_secs_f64();
         let (val_top1, val_top5, val_loss) = match validator.as_mut() {
             Some(v) => {
-                progress.validating(v.images());
+                progress.status(&format!("validating on {} images", v.images()));
                 let (t, l) = v.run(&step)?;
                 (Some(t.top1_error()), Some(t.top5_error()), Some(l))
             }
@@ -435,9 +442,10 @@ pub fn train(
         } else {
             save(&[&last_path], &config, &step, &state)?;
         }
-        progress.epoch_end(&record);
+        progress.line(&epoch_line(&record));
+        progress.finish();
         if let Decision::Decrease { from, to } = decision {
-            progress.message(&format!(
+            progress.line(&format!(
                 "learning rate {from:e} -> {to:e} (validation top-1 error stopped improving)"
             ));
         }
@@ -514,7 +522,10 @@ impl Validator {
         )?;
         let limit = self.images();
         let e = |what: &'static str| {
-            move |err: ort::Error| TrainError::Runtime(format!("validation {what}: {err}"))
+            move |source: ort::Error| TrainError::Ort {
+                what: format!("validation {what}"),
+                source,
+            }
         };
         let mut binding = self.session.create_binding().map_err(e("binding"))?;
         for (name, t) in self.names.iter().zip(step.params()) {

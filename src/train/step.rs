@@ -56,7 +56,10 @@ pub struct StepSession {
 }
 
 fn ort_err(what: &str) -> impl Fn(ort::Error) -> TrainError + '_ {
-    move |e| TrainError::Runtime(format!("{what}: {e}"))
+    move |source| TrainError::Ort {
+        what: what.to_string(),
+        source,
+    }
 }
 
 impl StepSession {
@@ -72,15 +75,14 @@ impl StepSession {
     ) -> Result<Self, TrainError> {
         let specs = graphs::parameters(config);
         if params.len() != specs.len() || momenta.len() != specs.len() {
-            return Err(TrainError::Runtime(format!(
+            return Err(TrainError::Mismatch(format!(
                 "{} parameters and {} momenta for a network of {} tensors",
                 params.len(),
                 momenta.len(),
                 specs.len()
             )));
         }
-        let graph = graphs::train_step_graph(config, opts)
-            .map_err(|e| TrainError::Runtime(e.to_string()))?;
+        let graph = graphs::train_step_graph(config, opts)?;
         let session = session::build(&graph, settings)?;
         let device_alloc = match settings.device {
             Device::Cpu => Allocator::default(),
@@ -226,7 +228,7 @@ impl StepSession {
     pub fn step(&mut self, batch: &Batch, lr: f32, seed: u64) -> Result<StepResult, TrainError> {
         let n = self.opts.batch;
         if batch.len() != n {
-            return Err(TrainError::Runtime(format!(
+            return Err(TrainError::Mismatch(format!(
                 "a batch of {} images for a step compiled for {n}",
                 batch.len()
             )));
@@ -235,14 +237,14 @@ impl StepSession {
         match (&mut h.images, &mut h.pixels, &mut h.shift) {
             (Some(images), _, _) => {
                 let src = batch.images().ok_or_else(|| {
-                    TrainError::Runtime("the loader gives u8 batches, the step wants f32".into())
+                    TrainError::Mismatch("the loader gives u8 batches, the step wants f32".into())
                 })?;
                 let dst = images.extract_tensor_mut().1;
                 dst.copy_from_slice(src.as_slice().expect("loader batches are contiguous"));
             }
             (None, Some(pixels), Some(shift)) => {
                 let (src, sh) = batch.pixels().zip(batch.shift()).ok_or_else(|| {
-                    TrainError::Runtime("the loader gives f32 batches, the step wants u8".into())
+                    TrainError::Mismatch("the loader gives f32 batches, the step wants u8".into())
                 })?;
                 pixels
                     .extract_tensor_mut()

@@ -3,4 +3,6 @@
 //! machine (CPU, cores, peak memory) that benchmarks and reports print.
 
 pub mod fs;
+pub mod machine;
+pub mod progress;
 pub mod rng;

@@ -332,7 +332,7 @@ fn model_export_writes_graphs_onnx_runtime_loads_with_and_without_weights() {
     let p = vgg::config::pipeline::Pipeline::load(&d.join("p.toml")).unwrap();
     let config = p.model.clone().unwrap();
     let ck = vgg::net::checkpoint::Checkpoint {
-        params: vgg::net::init::initialise(&config, vgg::net::init::Init::Kaiming, 1),
+        params: vgg::net::init::initialise(&config, vgg::config::training::Init::Kaiming, 1),
         config,
         momenta: None,
         state: None,

@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 
 use vgg::config::model::{Conv, VggConfig};
-use vgg::data::augment::{decode_record, rescale_whole, VGG_MEAN};
-use vgg::data::loader;
+use vgg::data::augment::{
+    decode_record, eval_sample, rescale_whole, with_record, EvalTransform, Output, VGG_MEAN,
+};
 use vgg::data::prepare::PrepareOptions;
 use vgg::data::source::Split;
 use vgg::data::store::PreparedSplit;
@@ -16,6 +17,7 @@ use vgg::eval::run::{evaluate, posteriors, EvalError, EvalSettings, Network, Pos
 use vgg::net::checkpoint::{Checkpoint, NamedTensor};
 use vgg::net::graph::vgg::{self as graphs, ParamKind};
 use vgg::net::session::{self, SessionSettings};
+use vgg::util::progress::{Cancel, Progress, Silent};
 use vgg::util::rng::{Rng, Stream};
 
 use crate::fixtures::{self, ValForm};
@@ -110,7 +112,7 @@ fn settings(protocol: Protocol, scales: &[u32], flip: bool) -> EvalSettings {
 }
 
 fn post(split: &PreparedSplit, nets: &[Network], s: &EvalSettings) -> Posteriors {
-    posteriors(split, nets, s, &mut |_, _| {}).unwrap()
+    posteriors(split, nets, s, &Silent, &Cancel::new()).unwrap()
 }
 
 fn close(a: &[f32], b: &[f32], what: &str) {
@@ -120,17 +122,32 @@ fn close(a: &[f32], b: &[f32], what: &str) {
     }
 }
 
+/// Records every `(done, total)` position an evaluation reports.
+#[derive(Default)]
+struct Calls(std::sync::Mutex<Vec<(u64, u64)>>);
+
+impl Progress for Calls {
+    fn start(&self, _label: &str, total: u64, done: u64) {
+        self.0.lock().unwrap().push((done, total));
+    }
+    fn set_position(&self, done: u64) {
+        let mut v = self.0.lock().unwrap();
+        let total = v.last().map_or(0, |c| c.1);
+        v.push((done, total));
+    }
+}
+
 fn mean2(a: &[f32], b: &[f32]) -> Vec<f32> {
     a.iter().zip(b).map(|(x, y)| (x + y) / 2.0).collect()
 }
 
 /// Record `g` decoded and rescaled so its smallest side is `q`: `(w, h, rgb8)`.
 fn rescaled(split: &PreparedSplit, g: u64, q: u32) -> (u32, u32, Vec<u8>) {
-    let rec = loader::record(split, g).unwrap();
-    let (w, h, rgb) = loader::with_scratch(|s| {
-        let (w, h, px) = decode_record(&rec, s).unwrap();
-        (w, h, px.to_vec())
-    });
+    let (w, h, rgb) = with_record(split, g, |rec, s| {
+        let (w, h, px) = decode_record(rec, s)?;
+        Ok((w, h, px.to_vec()))
+    })
+    .unwrap();
     rescale_whole(&rgb, w, h, q)
 }
 
@@ -346,10 +363,16 @@ fn fusion_is_the_mean_of_the_networks() {
         close(&fused.per_network[0].mean(i), &pa.fused.mean(i), "net a");
         close(&fused.per_network[1].mean(i), &pb.fused.mean(i), "net b");
     }
-    let none = &mut |_: u64, _: u64| {};
-    let report = evaluate(&d.split, &[a.clone(), b.clone()], &s, none).unwrap();
-    let ra = evaluate(&d.split, &[a], &s, none).unwrap();
-    let rb = evaluate(&d.split, &[b], &s, none).unwrap();
+    let report = evaluate(
+        &d.split,
+        &[a.clone(), b.clone()],
+        &s,
+        &Silent,
+        &Cancel::new(),
+    )
+    .unwrap();
+    let ra = evaluate(&d.split, &[a], &s, &Silent, &Cancel::new()).unwrap();
+    let rb = evaluate(&d.split, &[b], &s, &Silent, &Cancel::new()).unwrap();
     assert_eq!(report.per_network.len(), 2);
     assert_eq!(report.per_network[0], ("a".to_string(), ra.fused));
     assert_eq!(report.per_network[1], ("b".to_string(), rb.fused));
@@ -376,23 +399,52 @@ fn multi_crop_and_centre_match_crops_run_one_by_one() {
             &g.crops(&img, &grid),
             "multi-crop",
         );
-        let c = centre_crop(img.0, img.1, INPUT);
+        // The centre crop is the loader's, the one the trainer validates on.
+        let plain = g.prob(false, loader_centre(&d.split, i, q, false), (INPUT, INPUT));
+        let mirrored = g.prob(false, loader_centre(&d.split, i, q, true), (INPUT, INPUT));
         close(
             &centre.fused.mean(i as usize),
-            &g.crops(&img, &[c]),
+            &mean2(&plain, &mirrored),
             "centre",
-        );
-        let plain = g.prob(
-            false,
-            window(&img.2, img.0, c, (INPUT, INPUT), false),
-            (INPUT, INPUT),
         );
         close(
             &centre_plain.fused.mean(i as usize),
             &plain,
             "centre, no flip",
         );
+        // And it is the centre window of the rescaled image, to the filter's rounding.
+        let c = centre_crop(img.0, img.1, INPUT);
+        let by_hand = window(&img.2, img.0, c, (INPUT, INPUT), false);
+        let loader = loader_centre(&d.split, i, q, false);
+        let worst = by_hand
+            .iter()
+            .zip(&loader)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1.0, "record {i}: {worst} levels apart");
     }
+}
+
+/// Record `g`'s centre crop at test scale `q` as the loader makes it in eval mode (float32
+/// CHW minus the mean), mirrored left-right when `flip`.
+fn loader_centre(split: &PreparedSplit, g: u64, q: u32, flip: bool) -> Vec<f32> {
+    let t = EvalTransform {
+        scale: q,
+        crop: Some(INPUT),
+        mean: VGG_MEAN,
+    };
+    let mut x = with_record(split, g, |rec, s| {
+        let mut x = vec![0.0f32; (3 * INPUT * INPUT) as usize];
+        eval_sample(rec, &t, s, Output::F32Chw(&mut x))?;
+        Ok(x)
+    })
+    .unwrap();
+    if flip {
+        for row in x.chunks_exact_mut(INPUT as usize) {
+            row.reverse();
+        }
+    }
+    x
 }
 
 #[test]
@@ -423,11 +475,9 @@ fn limit_limits_and_the_report_is_consistent() {
     let nets = [network("a", 9)];
     let mut s = settings(Protocol::Dense, &[INPUT], true);
     s.limit = Some(5);
-    let mut calls = Vec::new();
-    let r = evaluate(&d.split, &nets, &s, &mut |done, total| {
-        calls.push((done, total))
-    })
-    .unwrap();
+    let calls = Calls::default();
+    let r = evaluate(&d.split, &nets, &s, &calls, &Cancel::new()).unwrap();
+    let calls = calls.0.into_inner().unwrap();
     assert_eq!(r.fused.images, 5);
     assert_eq!(r.per_network[0].1.images, 5);
     assert_eq!(
@@ -469,7 +519,7 @@ fn limit_limits_and_the_report_is_consistent() {
     s.limit = Some(1000);
     assert_eq!(post(&d.split, &nets, &s).fused.images(), 18);
     s.limit = Some(0);
-    let r = evaluate(&d.split, &nets, &s, &mut |_, _| {}).unwrap();
+    let r = evaluate(&d.split, &nets, &s, &Silent, &Cancel::new()).unwrap();
     assert_eq!((r.fused.images, r.images.len()), (0, 0));
 }
 
@@ -477,9 +527,8 @@ fn limit_limits_and_the_report_is_consistent() {
 fn bad_settings_are_clear_errors() {
     let d = data();
     let nets = [network("small-net", 10)];
-    let none = &mut |_: u64, _: u64| {};
     let s = settings(Protocol::Dense, &[INPUT, 8], true);
-    let e = evaluate(&d.split, &nets, &s, none).unwrap_err();
+    let e = evaluate(&d.split, &nets, &s, &Silent, &Cancel::new()).unwrap_err();
     assert!(
         matches!(
             e,
@@ -504,7 +553,8 @@ fn bad_settings_are_clear_errors() {
         &d.split,
         &[wrong],
         &settings(Protocol::Dense, &[INPUT], false),
-        none,
+        &Silent,
+        &Cancel::new(),
     )
     .unwrap_err();
     assert!(
@@ -525,7 +575,8 @@ fn bad_settings_are_clear_errors() {
         &d.split,
         &[missing],
         &settings(Protocol::Dense, &[INPUT], false),
-        none,
+        &Silent,
+        &Cancel::new(),
     )
     .unwrap_err();
     assert!(matches!(e, EvalError::Params { .. }), "{e}");
@@ -534,14 +585,15 @@ fn bad_settings_are_clear_errors() {
         &d.split,
         &[],
         &settings(Protocol::Dense, &[INPUT], false),
-        none,
+        &Silent,
+        &Cancel::new(),
     )
     .unwrap_err();
     assert!(matches!(e, EvalError::NoNetworks), "{e}");
     let mut s = settings(Protocol::Dense, &[INPUT], false);
     s.batch = 0;
     assert!(matches!(
-        evaluate(&d.split, &nets, &s, none).unwrap_err(),
+        evaluate(&d.split, &nets, &s, &Silent, &Cancel::new()).unwrap_err(),
         EvalError::Settings(_)
     ));
 }

@@ -8,8 +8,9 @@ use std::process::Output;
 
 use crate::cli::{text, vgg};
 use vgg::config::model::{Conv, VggConfig};
+use vgg::config::training::Init;
 use vgg::net::checkpoint::{self, Checkpoint, NamedTensor};
-use vgg::net::init::{self, Init};
+use vgg::net::init;
 
 fn ok_json(o: &Output) -> serde_json::Value {
     assert!(o.status.success(), "{}", text(o));

@@ -4,6 +4,14 @@ use std::path::{Path, PathBuf};
 
 use vgg::config::registry::{DatasetSpec, Registry};
 use vgg::data::imaging::encode_jpeg;
+// What the MAT writer below takes from its parent module (`super::`).
+use vgg::data::source::devkit::{mat_types, DevkitSynset};
+
+/// The library's MAT v5 fixture writer, which it compiles only for its own unit tests, built
+/// into this test binary from the same file.
+#[allow(dead_code)] // this binary writes only a default meta.mat
+#[path = "../../src/data/source/devkit/mat_writer.rs"]
+mod mat_writer;
 
 pub const CLASSES: [&str; 3] = ["n01440764", "n02102040", "n02979186"];
 
@@ -174,7 +182,6 @@ pub fn imagenet(per_class: u32, val_form: ValForm) -> Fixture {
         ValForm::Devkit => {
             // The devkit numbers classes in its own order: here the reverse of sorted wnids,
             // plus the rest of the 1000 ids on unrelated wnids.
-            use vgg::data::source::devkit::{mat_writer, DevkitSynset};
             let mut synsets: Vec<DevkitSynset> = CLASSES
                 .iter()
                 .rev()

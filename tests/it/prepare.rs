@@ -1,13 +1,14 @@
 //! `vgg prepare` through the library: what is stored, what is skipped, resume, parts.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use vgg::data::manifest::Manifest;
-use vgg::data::prepare::{prepare, Part, PrepareError, PrepareOptions, Progress, Silent};
+use vgg::data::prepare::{prepare, Part, PrepareError, PrepareOptions};
 use vgg::data::shard::{Encoding, RecordFlags, ShardReader};
 use vgg::data::source::Split;
 use vgg::data::store::{self, PreparedSplit};
+use vgg::util::progress::{Cancel, Progress, Silent};
 
 use crate::fixtures::{self, tree, ValForm};
 
@@ -16,7 +17,7 @@ pub fn run(
     spec: &vgg::config::registry::DatasetSpec,
     opts: &PrepareOptions,
 ) -> Vec<vgg::data::prepare::SplitReport> {
-    prepare(spec, opts, &Silent, &AtomicBool::new(false)).unwrap()
+    prepare(spec, opts, &Silent, &Cancel::new()).unwrap()
 }
 
 const STORE: &str = "max_shortest_side = 96\nrecords_per_shard = 4\n";
@@ -33,7 +34,7 @@ fn stores_every_good_file_and_reports_every_bad_one() {
     let fx = fixtures::imagenet(4, ValForm::ClassFolders);
     let shards = fx.dir.path().join("shards");
     let spec = fx.spec(&shards, STORE);
-    let never = AtomicBool::new(false);
+    let never = Cancel::new();
     let reports = prepare(&spec, &PrepareOptions::default(), &Silent, &never).unwrap();
     assert_eq!(reports.len(), 2, "train and val");
     let train = PreparedSplit::open(&shards.join("train")).unwrap();
@@ -145,20 +146,22 @@ fn raw_encoding_stores_decoded_pixels() {
             rec.width as u64 * rec.height as u64 * 3
         );
     }
-    assert!(store::verify(&shards, None, &|_, _| {}).unwrap().ok());
+    assert!(store::verify(&shards, None, &Silent, &Cancel::new())
+        .unwrap()
+        .ok());
 }
 
 /// Sets the cancel flag after `after` source files, as Ctrl-C would.
 struct CancelAfter<'a> {
     after: u64,
     seen: AtomicU64,
-    flag: &'a AtomicBool,
+    flag: &'a Cancel,
 }
 
 impl Progress for CancelAfter<'_> {
     fn advance(&self, n: u64) {
         if self.seen.fetch_add(n, Ordering::SeqCst) + n >= self.after {
-            self.flag.store(true, Ordering::SeqCst);
+            self.flag.cancel();
         }
     }
 }
@@ -172,7 +175,7 @@ fn interrupted_run_resumes_to_the_uninterrupted_result() {
 
     let resumed = fx.dir.path().join("resumed");
     let spec = fx.spec(&resumed, store);
-    let flag = AtomicBool::new(false);
+    let flag = Cancel::new();
     let cancel = CancelAfter {
         after: 7,
         seen: AtomicU64::new(0),
@@ -259,7 +262,7 @@ fn merge_refuses_while_parts_are_missing() {
         splits: vec![Split::Train],
         ..Default::default()
     };
-    let e = prepare(&spec, &merge, &Silent, &AtomicBool::new(false)).unwrap_err();
+    let e = prepare(&spec, &merge, &Silent, &Cancel::new()).unwrap_err();
     assert!(matches!(e, PrepareError::Incomplete { .. }), "{e}");
     assert!(e.to_string().contains("missing"), "{e}");
 }
@@ -288,7 +291,7 @@ fn unwritable_output_is_a_clear_error_and_leaves_nothing() {
     let blocker = fx.dir.path().join("not-a-dir");
     std::fs::write(&blocker, b"a file where the shard directory should go").unwrap();
     let spec = fx.spec(&blocker.join("shards"), STORE);
-    let e = prepare(&spec, &train_only(), &Silent, &AtomicBool::new(false)).unwrap_err();
+    let e = prepare(&spec, &train_only(), &Silent, &Cancel::new()).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("not-a-dir"), "{msg}");
     assert_eq!(
@@ -325,7 +328,7 @@ fn disk_full_is_a_clear_error_with_no_half_written_shard() {
         &mnt.join("shards"),
         "max_shortest_side = 512\nencoding = \"raw\"\nrecords_per_shard = 2\n",
     );
-    let e = prepare(&spec, &train_only(), &Silent, &AtomicBool::new(false)).unwrap_err();
+    let e = prepare(&spec, &train_only(), &Silent, &Cancel::new()).unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("disk is full"), "{msg}");
     let dir = mnt.join("shards/train");

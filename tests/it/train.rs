@@ -3,7 +3,6 @@
 //! pre-initialisation of a deeper network from A.
 
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use vgg::config::pipeline::Pipeline;
@@ -13,7 +12,8 @@ use vgg::data::source::Split;
 use vgg::data::store::PreparedSplit;
 use vgg::net::checkpoint::Checkpoint;
 use vgg::net::session::SessionSettings;
-use vgg::train::{self, Ending, Quiet, TrainError, TrainOptions};
+use vgg::train::{self, Ending, TrainError, TrainOptions};
+use vgg::util::progress::{Cancel, Silent};
 
 use crate::prepare::run;
 
@@ -72,7 +72,7 @@ fn options(
             threads: 1,
             ..Default::default()
         },
-        stop: Arc::new(AtomicBool::new(false)),
+        stop: Cancel::new(),
         lr: None,
     }
 }
@@ -87,7 +87,7 @@ fn a_short_run_learns_well_below_chance_and_writes_its_outputs() {
     let data = dataset(dir.path());
     let out = dir.path().join("run");
     let p = pipeline(dir.path(), &format!("{FAST}epochs = 15\n"));
-    let s = train::train(options(p, &data, &out), &mut Quiet).unwrap();
+    let s = train::train(options(p, &data, &out), &Silent).unwrap();
     assert_eq!(s.ending, Ending::Epochs);
     let e = s.last_epoch.unwrap();
     let val = e.val_top1_error.unwrap();
@@ -126,30 +126,30 @@ fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
                  [training]\ninit = { kind = \"glorot\" }\ncheckpoint_every = 5\n";
     let straight = dir.path().join("straight");
     let p = pipeline(dir.path(), &format!("{extra}epochs = 2\n"));
-    train::train(options(p, &data, &straight), &mut Quiet).unwrap();
+    train::train(options(p, &data, &straight), &Silent).unwrap();
 
     let resumed = dir.path().join("resumed");
     let p = pipeline(dir.path(), &format!("{extra}epochs = 1\n"));
-    let first = train::train(options(p, &data, &resumed), &mut Quiet).unwrap();
+    let first = train::train(options(p, &data, &resumed), &Silent).unwrap();
     assert!(first.state.finished);
     // Raise the epoch count and resume: the second epoch continues the same run.
     let p = pipeline(dir.path(), &format!("{extra}epochs = 2\n"));
     let mut o = options(p, &data, &resumed);
     o.resume = true;
-    train::train(o, &mut Quiet).unwrap();
+    train::train(o, &Silent).unwrap();
 
     // And from the middle of an epoch: stopped after its first step, then resumed.
     let mid = dir.path().join("mid");
     let p = pipeline(dir.path(), &format!("{extra}epochs = 2\n"));
     let o = options(p.clone(), &data, &mid);
-    o.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    o.stop.cancel();
     assert_eq!(
-        train::train(o, &mut Quiet).unwrap().ending,
+        train::train(o, &Silent).unwrap().ending,
         Ending::Interrupted
     );
     let mut o = options(p, &data, &mid);
     o.resume = true;
-    train::train(o, &mut Quiet).unwrap();
+    train::train(o, &Silent).unwrap();
 
     let a = Checkpoint::load(&straight.join("last.safetensors")).unwrap();
     for run in [&resumed, &mid] {
@@ -187,13 +187,13 @@ fn a_diverging_run_stops_and_leaves_the_last_good_checkpoint() {
     let p = pipeline(dir.path(), &format!("{FAST}epochs = 2\n"));
     let mut o = options(p.clone(), &data, &out);
     o.pipeline.training.epochs = 1;
-    train::train(o, &mut Quiet).unwrap();
+    train::train(o, &Silent).unwrap();
     let good = std::fs::read(out.join("last.safetensors")).unwrap();
 
     let mut o = options(p, &data, &out);
     o.resume = true;
     o.lr = Some(1e12);
-    let err = train::train(o, &mut Quiet).unwrap_err();
+    let err = train::train(o, &Silent).unwrap_err();
     match &err {
         TrainError::NonFinite { checkpoint, .. } => {
             assert_eq!(
@@ -219,8 +219,8 @@ fn a_stop_request_writes_a_checkpoint_at_the_current_batch() {
     let p = pipeline(dir.path(), &format!("{FAST}epochs = 3\n"));
     let o = options(p, &data, &out);
     // Requested before the first step: the run stops after one step.
-    o.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let s = train::train(o, &mut Quiet).unwrap();
+    o.stop.cancel();
+    let s = train::train(o, &Silent).unwrap();
     assert_eq!(s.ending, Ending::Interrupted);
     let ck = Checkpoint::load(&out.join("last.safetensors")).unwrap();
     let st = ck.state.unwrap();
@@ -240,7 +240,7 @@ fn a_checkpoint_of_a_pre_initialises_the_matching_layers_of_d() {
     let data = dataset(dir.path());
     let out = dir.path().join("a");
     let p = pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
-    train::train(options(p, &data, &out), &mut Quiet).unwrap();
+    train::train(options(p, &data, &out), &Silent).unwrap();
     let a = Checkpoint::load(&out.join("last.safetensors")).unwrap();
 
     let text = std::fs::read_to_string(dir.path().join("p.toml"))
@@ -289,7 +289,7 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
         "[optimizer]\ndropout = 0.5\n[training]\ninit = { kind = \"glorot\" }\n",
     );
     let config = p.model.clone().unwrap();
-    let params = vgg::net::init::initialise(&config, vgg::net::init::Init::Glorot, 1);
+    let params = vgg::net::init::initialise(&config, vgg::config::training::Init::Glorot, 1);
     let momenta = vgg::net::init::zero_momenta(&params);
     let opts = StepOptions {
         batch: 16,
@@ -401,7 +401,7 @@ fn cuda_without_a_cuda_runtime_is_one_clear_error() {
     let p = pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
     let mut o = options(p, &data, &dir.path().join("run"));
     o.session.device = vgg::net::session::Device::Cuda(0);
-    let err = train::train(o, &mut Quiet).unwrap_err().to_string();
+    let err = train::train(o, &Silent).unwrap_err().to_string();
     assert!(
         err.contains("no CUDA execution provider") && err.contains("onnxruntime-gpu"),
         "{err}"
@@ -415,7 +415,7 @@ fn a_network_whose_class_count_differs_from_the_data_is_refused_before_training(
     let mut p = pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
     p.model.as_mut().unwrap().classes = 10;
     let out = dir.path().join("run");
-    let err = train::train(options(p, &data, &out), &mut Quiet)
+    let err = train::train(options(p, &data, &out), &Silent)
         .unwrap_err()
         .to_string();
     assert!(

@@ -52,15 +52,7 @@ pub const PAGE: u64 = 4096;
 /// File name extension of shard files.
 pub const EXTENSION: &str = "vggshard";
 
-/// How a record's bytes are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Encoding {
-    /// A JPEG stream.
-    Jpeg = 0,
-    /// Decoded RGB8, `height * width * 3` bytes, row-major.
-    Raw = 1,
-}
+pub use crate::config::registry::Encoding;
 
 impl Encoding {
     fn from_u8(v: u8) -> Option<Self> {

@@ -393,15 +393,6 @@ fn imagenet_class_names(spec: &DatasetSpec) -> Result<HashMap<String, String>, S
     Ok(HashMap::new())
 }
 
-/// Per-class record counts, in class order.
-pub fn class_counts(files: &[SourceFile], classes: usize) -> Vec<u64> {
-    let mut counts = vec![0u64; classes];
-    for f in files {
-        counts[f.label as usize] += 1;
-    }
-    counts
-}
-
 /// A stable fingerprint of a listing: class list, keys, sizes and labels (not contents, which
 /// would need a full read, and not modification times, which differ between copies).
 pub fn fingerprint(listing: &Listing) -> String {

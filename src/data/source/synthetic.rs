@@ -19,8 +19,9 @@
 //!   of smooth lattice value noise;
 //! * one large object whose **shape is the class** ([`SHAPES`]), drawn from an anti-aliased
 //!   signed-distance function with random rotation, radius (15-45% of the shortest side) and
-//!   position, a fill colour independent of the class, sometimes striped or graded fill, a soft
-//!   drop shadow or an outline;
+//!   position, a fill colour independent of the class (unless the spec's `class_colours` gives
+//!   each class its own, [`CLASS_COLOURS`]), sometimes striped or graded fill, a soft drop
+//!   shadow or an outline;
 //! * 1-3 small distractor shapes of other kinds (5-12% of the shortest side), so the label is
 //!   "the big object", not "any object";
 //! * a linear lighting gradient and mild per-pixel noise.
@@ -42,7 +43,8 @@
 //! ROOT/.complete                                     generator version + spec as JSON, written last
 //! ```
 //!
-//! The number in a file name is the image's index within its split.
+//! The number in a file name is the image's index within its split. Images are encoded by
+//! [`crate::data::imaging::encode_jpeg`], the shard writer's encoder, at the spec's `jpeg_quality`.
 
 use std::f32::consts::{SQRT_2, TAU};
 use std::fs;
@@ -50,8 +52,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
+pub use crate::config::registry::SyntheticSpec;
+use crate::data::imaging::encode_jpeg;
 use crate::util::rng::{Rng, Stream};
 
 /// Shape names, one per class, in class order. The folder of class `i` is
@@ -98,32 +102,6 @@ const NOTE: &str = "SYNTHETIC.txt";
 /// Prefix of every class folder and file.
 const PREFIX: &str = "synthetic-";
 
-/// How to generate the synthetic dataset (the `[synthetic]` table of a registry entry).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SyntheticSpec {
-    /// Seed of every random choice.
-    pub seed: u64,
-    /// Number of classes, `1..=SHAPES.len()`; class `i` is shape `SHAPES[i]`.
-    pub classes: usize,
-    /// Training images per class.
-    pub train_per_class: usize,
-    /// Validation images per class.
-    pub val_per_class: usize,
-    /// Smallest shortest side, in pixels.
-    pub min_short_side: u32,
-    /// Largest shortest side, in pixels.
-    pub max_short_side: u32,
-    /// JPEG quality, 1..=100.
-    pub jpeg_quality: u8,
-    /// Paint each class's main object in its own colour (from [`CLASS_COLOURS`]), so colour
-    /// as well as shape tells the classes apart. Shapes alone, over random colours, are a hard
-    /// problem for a small network trained for minutes (it sits at chance for thousands of
-    /// steps); with the cue a narrow VGG learns the set on a CPU in minutes, which is what a
-    /// demonstration of the whole chain needs.
-    pub class_colours: bool,
-}
-
 /// The main object's colour per class when `class_colours` is on (RGB, 0-1).
 pub const CLASS_COLOURS: [[f32; 3]; 12] = [
     [0.90, 0.10, 0.10],
@@ -139,21 +117,6 @@ pub const CLASS_COLOURS: [[f32; 3]; 12] = [
     [0.55, 0.55, 0.55],
     [0.50, 0.80, 0.40],
 ];
-
-impl Default for SyntheticSpec {
-    fn default() -> Self {
-        SyntheticSpec {
-            seed: 0,
-            classes: 10,
-            train_per_class: 120,
-            val_per_class: 30,
-            min_short_side: 160,
-            max_short_side: 360,
-            jpeg_quality: 90,
-            class_colours: false,
-        }
-    }
-}
 
 impl SyntheticSpec {
     /// Checks every field; the error names the field and why.
@@ -421,17 +384,12 @@ fn write_image(
 ) -> Result<u64, SyntheticError> {
     let img = render_scene(spec, split_id, index);
     let path = image_path(root, split_id, img.class, index);
-    let mut jpeg = Vec::with_capacity(img.rgb.len() / 6);
-    jpeg_encoder::Encoder::new(&mut jpeg, spec.jpeg_quality)
-        .encode(
-            &img.rgb,
-            img.width as u16,
-            img.height as u16,
-            jpeg_encoder::ColorType::Rgb,
-        )
-        .map_err(|e| SyntheticError::Encode {
-            path: path.clone(),
-            message: e.to_string(),
+    let jpeg =
+        encode_jpeg(&img.rgb, img.width, img.height, spec.jpeg_quality).map_err(|message| {
+            SyntheticError::Encode {
+                path: path.clone(),
+                message,
+            }
         })?;
     write_atomic(&path, &jpeg)?;
     Ok(jpeg.len() as u64)
