@@ -555,6 +555,19 @@ fn conv_count(config: &VggConfig) -> usize {
 pub const MOMENTUM: &str = ".momentum";
 
 #[cfg(test)]
+impl VggConfig {
+    /// A Table 1 row at 1/8 width, 10 classes, 32-pixel input: small enough for unit tests.
+    pub(crate) fn tiny(config: &str) -> VggConfig {
+        VggConfig::from_table(
+            &format!("config = \"{config}\"\nwidth = 0.125\nclasses = 10\ninput = 32")
+                .parse()
+                .unwrap(),
+        )
+        .unwrap()
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -67,8 +67,8 @@ use crate::data::augment;
 use crate::data::loader::LoaderError;
 use crate::data::shard::Encoding;
 use crate::data::store::PreparedSplit;
-use crate::net::checkpoint::{Checkpoint, CheckpointError, NamedTensor};
-use crate::net::graph::vgg::{dense_graph, forward_graph, parameters};
+use crate::net::checkpoint::{check_layout, Checkpoint, CheckpointError, NamedTensor};
+use crate::net::graph::vgg::{dense_graph, forward_graph};
 use crate::net::session::{self, Device, SessionError, SessionSettings};
 use crate::util::progress::{Cancel, Progress};
 
@@ -206,8 +206,20 @@ pub enum EvalError {
     },
     #[error("network {network} takes {channels}-channel input; evaluation feeds RGB (3)")]
     Channels { network: String, channels: u32 },
-    #[error("network {network}: {message}")]
-    Params { network: String, message: String },
+    #[error("network {network}: cannot place tensor `{tensor}` on {device}: {source}")]
+    Upload {
+        network: String,
+        tensor: String,
+        device: Device,
+        #[source]
+        source: ort::Error,
+    },
+    #[error("network {network}: {source}")]
+    Layout {
+        network: String,
+        #[source]
+        source: Box<CheckpointError>,
+    },
     #[error("interrupted after {images} of {total} images; nothing was written")]
     Interrupted { images: u64, total: u64 },
     #[error("network {network}: ONNX Runtime failed on the {graph} graph: {source}")]
@@ -389,21 +401,22 @@ impl<'a> Runner<'a> {
         let forward = needs_forward
             .then(|| session::build(&forward_graph(&net.config), &s.session))
             .transpose()?;
-        let params_err = |message: String| EvalError::Params {
+        let upload_err = |tensor: &str, source: ort::Error| EvalError::Upload {
             network: net.name.clone(),
-            message,
+            tensor: tensor.to_string(),
+            device: s.session.device,
+            source,
         };
         let mut weights = Vec::with_capacity(net.params.len());
         for t in &net.params {
             let view = TensorRef::from_array_view((t.shape.clone(), t.data.as_slice()))
-                .map_err(|e| params_err(format!("tensor `{}`: {e}", t.name)))?;
+                .map_err(|e| upload_err(&t.name, e))?;
             let w = match s.session.device {
                 Device::Cpu => Weight::Host(view),
-                Device::Cuda(id) => {
-                    Weight::Device(view.to(AllocationDevice::CUDA, id).map_err(|e| {
-                        params_err(format!("cannot copy `{}` to cuda:{id}: {e}", t.name))
-                    })?)
-                }
+                Device::Cuda(id) => Weight::Device(
+                    view.to(AllocationDevice::CUDA, id)
+                        .map_err(|e| upload_err(&t.name, e))?,
+                ),
             };
             weights.push((t.name.as_str(), w));
         }
@@ -512,35 +525,10 @@ fn validate(split: &PreparedSplit, nets: &[Network], s: &EvalSettings) -> Result
                 input: c.input,
             });
         }
-        let specs = parameters(c);
-        let err = |message: String| EvalError::Params {
+        check_layout(Path::new(""), c, &net.params, "").map_err(|source| EvalError::Layout {
             network: net.name.clone(),
-            message,
-        };
-        if net.params.len() != specs.len() {
-            return Err(err(format!(
-                "{} parameter tensors, configuration {} has {}",
-                net.params.len(),
-                c.name,
-                specs.len()
-            )));
-        }
-        for spec in &specs {
-            let t = net
-                .params
-                .iter()
-                .find(|t| t.name == spec.name)
-                .ok_or_else(|| err(format!("parameter `{}` is missing", spec.name)))?;
-            let shape: Vec<usize> = spec.shape.iter().map(|&d| d as usize).collect();
-            if t.shape != shape || t.data.len() != t.numel() {
-                return Err(err(format!(
-                    "parameter `{}` has shape {:?} and {} values, expected shape {shape:?}",
-                    spec.name,
-                    t.shape,
-                    t.data.len()
-                )));
-            }
-        }
+            source: Box::new(source),
+        })?;
     }
     Ok(())
 }
@@ -604,9 +592,41 @@ fn run_views(
     buf: &mut Vec<f32>,
     sum: &mut PosteriorSum,
 ) -> Result<(), EvalError> {
+    let input = |dst: &mut [f32], v: &View, _: &mut augment::Scratch| {
+        fill(dst, &images[v.image], v, win, s.mean)
+    };
+    infer_views(
+        runner,
+        graph,
+        views,
+        win,
+        s.batch,
+        buf,
+        sum,
+        |v| v.image,
+        input,
+    )
+}
+
+/// The batching under every protocol: `fill` writes each view's float32 CHW input (of size
+/// `win`), in parallel with a reusable [`augment::Scratch`] per worker; the views go through
+/// `graph` in runs of at most `batch`, and each posterior is added to the image `image_of`
+/// names.
+#[allow(clippy::too_many_arguments)]
+fn infer_views<V: Sync>(
+    runner: &mut Runner<'_>,
+    graph: Graph,
+    views: &[V],
+    win: (u32, u32),
+    batch: usize,
+    buf: &mut Vec<f32>,
+    sum: &mut PosteriorSum,
+    image_of: impl Fn(&V) -> usize,
+    fill: impl Fn(&mut [f32], &V, &mut augment::Scratch) + Sync,
+) -> Result<(), EvalError> {
     let per = 3 * win.0 as usize * win.1 as usize;
     let classes = runner.config.classes as usize;
-    for piece in views.chunks(s.batch) {
+    for piece in views.chunks(batch) {
         let n = piece.len();
         if buf.len() < n * per {
             buf.resize(n * per, 0.0);
@@ -614,10 +634,12 @@ fn run_views(
         let data = &mut buf[..n * per];
         data.par_chunks_mut(per)
             .zip(piece.par_iter())
-            .for_each(|(dst, v)| fill(dst, &images[v.image], v, win, s.mean));
+            .for_each_init(augment::Scratch::default, |scratch, (dst, v)| {
+                fill(dst, v, scratch)
+            });
         let probs = runner.infer(graph, data, n, win)?;
         for (v, p) in piece.iter().zip(probs.chunks_exact(classes)) {
-            sum.add(v.image, p);
+            sum.add(image_of(v), p);
         }
     }
     Ok(())
@@ -707,44 +729,35 @@ fn centre_at_scale(
     s: &EvalSettings,
     buf: &mut Vec<f32>,
 ) -> Result<PosteriorSum, EvalError> {
-    let input = runner.config.input;
+    let input_side = runner.config.input;
     let classes = runner.config.classes as usize;
     let t = augment::EvalTransform {
         scale: q,
-        crop: Some(input),
+        crop: Some(input_side),
         mean: s.mean,
     };
     let flips: &[bool] = if s.flip { &[false, true] } else { &[false] };
     let views: Vec<(usize, bool)> = (0..images.len())
         .flat_map(|i| flips.iter().map(move |&f| (i, f)))
         .collect();
-    let per = 3 * input as usize * input as usize;
     let mut sum = PosteriorSum::new(images.len(), classes);
-    for piece in views.chunks(s.batch) {
-        let n = piece.len();
-        if buf.len() < n * per {
-            buf.resize(n * per, 0.0);
-        }
-        let data = &mut buf[..n * per];
-        data.par_chunks_mut(per)
-            .zip(piece.par_iter())
-            .for_each_init(augment::Scratch::default, |scratch, (dst, &(i, flip))| {
-                let d = &images[i];
-                augment::centre_from_rgb(
-                    &d.rgb,
-                    d.w,
-                    d.h,
-                    &t,
-                    flip,
-                    scratch,
-                    augment::Output::F32Chw(dst),
-                );
-            });
-        let probs = runner.infer(Graph::Forward, data, n, (input, input))?;
-        for (&(i, _), p) in piece.iter().zip(probs.chunks_exact(classes)) {
-            sum.add(i, p);
-        }
-    }
+    let input = |dst: &mut [f32], &(i, flip): &(usize, bool), scratch: &mut augment::Scratch| {
+        let d = &images[i];
+        let out = augment::Output::F32Chw(dst);
+        augment::centre_from_rgb(&d.rgb, d.w, d.h, &t, flip, scratch, out);
+    };
+    let win = (input_side, input_side);
+    infer_views(
+        runner,
+        Graph::Forward,
+        &views,
+        win,
+        s.batch,
+        buf,
+        &mut sum,
+        |v| v.0,
+        input,
+    )?;
     Ok(sum)
 }
 

@@ -277,40 +277,50 @@ impl Checkpoint {
 
     /// Checks params (and momenta) against the configuration before a save.
     fn validate(&self, path: &Path) -> Result<(), CheckpointError> {
-        let specs = parameters(&self.config);
-        let check = |tensors: &[NamedTensor], suffix: &str| -> Result<(), CheckpointError> {
-            for (i, spec) in specs.iter().enumerate() {
-                let name = format!("{}{suffix}", spec.name);
-                let Some(t) = tensors.get(i).filter(|t| t.name == name) else {
-                    return Err(CheckpointError::Missing {
-                        path: path.to_path_buf(),
-                        name,
-                    });
-                };
-                check_tensor(path, t, &spec_shape(spec))?;
-            }
-            if tensors.len() > specs.len() {
-                let extra: Vec<&str> = tensors[specs.len()..]
-                    .iter()
-                    .map(|t| t.name.as_str())
-                    .collect();
-                return Err(CheckpointError::Format {
-                    path: path.to_path_buf(),
-                    message: format!(
-                        "tensors that network {} does not have: {}",
-                        self.config.name,
-                        list(&extra)
-                    ),
-                });
-            }
-            Ok(())
-        };
-        check(&self.params, "")?;
+        check_layout(path, &self.config, &self.params, "")?;
         if let Some(m) = &self.momenta {
-            check(m, MOMENTUM)?;
+            check_layout(path, &self.config, m, MOMENTUM)?;
         }
         Ok(())
     }
+}
+
+/// Checks that `tensors` are exactly `config`'s parameters (names with `suffix`, e.g.
+/// [`MOMENTUM`] for momentum buffers) in [`parameters`] order, each with its shape and as many
+/// values as the shape needs. The one parameter check of the toolkit: before a checkpoint is
+/// written, and before a network is evaluated. `path` names the file in errors (empty: none).
+pub fn check_layout(
+    path: &Path,
+    config: &VggConfig,
+    tensors: &[NamedTensor],
+    suffix: &str,
+) -> Result<(), CheckpointError> {
+    let specs = parameters(config);
+    for (i, spec) in specs.iter().enumerate() {
+        let name = format!("{}{suffix}", spec.name);
+        let Some(t) = tensors.get(i).filter(|t| t.name == name) else {
+            return Err(CheckpointError::Missing {
+                path: path.to_path_buf(),
+                name,
+            });
+        };
+        check_tensor(path, t, &spec_shape(spec))?;
+    }
+    if tensors.len() > specs.len() {
+        let extra: Vec<&str> = tensors[specs.len()..]
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        return Err(CheckpointError::Format {
+            path: path.to_path_buf(),
+            message: format!(
+                "tensors that network {} does not have: {}",
+                config.name,
+                list(&extra)
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Shape and element count of one in-memory tensor.
@@ -700,12 +710,7 @@ mod tests {
     use super::*;
 
     fn small(config: &str) -> VggConfig {
-        VggConfig::from_table(
-            &format!("config = \"{config}\"\nwidth = 0.125\nclasses = 10\ninput = 32")
-                .parse()
-                .unwrap(),
-        )
-        .unwrap()
+        VggConfig::tiny(config)
     }
 
     /// Parameters with distinct, awkward values (negative zero, subnormals, infinities, NaN).

@@ -240,12 +240,7 @@ mod tests {
     use super::*;
 
     fn small(config: &str) -> VggConfig {
-        VggConfig::from_table(
-            &format!("config = \"{config}\"\nwidth = 0.125\nclasses = 10\ninput = 32")
-                .parse()
-                .unwrap(),
-        )
-        .unwrap()
+        VggConfig::tiny(config)
     }
 
     fn stats(x: &[f32]) -> (f64, f64) {

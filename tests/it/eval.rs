@@ -579,7 +579,8 @@ fn bad_settings_are_clear_errors() {
         &Cancel::new(),
     )
     .unwrap_err();
-    assert!(matches!(e, EvalError::Params { .. }), "{e}");
+    assert!(matches!(e, EvalError::Layout { .. }), "{e}");
+    assert!(e.to_string().contains("`fc8.bias` is missing"), "{e}");
 
     let e = evaluate(
         &d.split,
