@@ -57,6 +57,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A closed pipe (`vgg inspect x | head`) ends the process quietly, as it does other Unix
+    // tools, instead of a panic in println!.
+    // SAFETY: restoring a signal's default disposition at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     init_logging(cli.verbose);
     commands::progress::install_interrupt_handler();

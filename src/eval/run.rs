@@ -780,6 +780,9 @@ fn run_chunks(
     let total = total_images(split, s);
     let range = |start: u64| start..(start + CHUNK_IMAGES as u64).min(total);
     let started = Instant::now();
+    if cancel.is_cancelled() {
+        return Err(EvalError::Interrupted { images: 0, total });
+    }
     progress.start("eval", total, 0);
     if total == 0 {
         progress.finish();

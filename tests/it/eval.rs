@@ -470,6 +470,29 @@ fn dense_and_multi_crop_are_combined_with_equal_weight() {
 }
 
 #[test]
+fn a_cancelled_evaluation_is_an_interruption_not_a_score() {
+    let d = data();
+    let nets = [network("a", 9)];
+    let s = settings(Protocol::Dense, &[INPUT], false);
+    let cancel = Cancel::new();
+    cancel.cancel();
+    let e = evaluate(&d.split, &nets, &s, &Silent, &cancel).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            EvalError::Interrupted {
+                images: 0,
+                total: 18
+            }
+        ),
+        "{e}"
+    );
+    // The same evaluation, not cancelled, scores every image.
+    let r = evaluate(&d.split, &nets, &s, &Silent, &Cancel::new()).unwrap();
+    assert_eq!(r.fused.images, 18);
+}
+
+#[test]
 fn limit_limits_and_the_report_is_consistent() {
     let d = data();
     let nets = [network("a", 9)];
