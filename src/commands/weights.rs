@@ -209,19 +209,29 @@ fn create_parent(out: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `vgg weights ... --json`.
+#[derive(serde::Serialize)]
+struct WeightsJson<'a> {
+    out: String,
+    config: &'a str,
+    classes: u32,
+    input: u32,
+    parameters: usize,
+    tensors: usize,
+}
+
 fn report(out: &Path, ck: &Checkpoint, tensors: usize, json: bool, from: &str) -> Result<ExitCode> {
     let c = &ck.config;
     let parameters: usize = ck.params.iter().map(|t| t.data.len()).sum();
     if json {
-        let v = serde_json::json!({
-            "out": out.display().to_string(),
-            "config": c.name,
-            "classes": c.classes,
-            "input": c.input,
-            "parameters": parameters,
-            "tensors": tensors,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        super::print_json(&WeightsJson {
+            out: out.display().to_string(),
+            config: &c.name,
+            classes: c.classes,
+            input: c.input,
+            parameters,
+            tensors,
+        })?;
     } else {
         println!(
             "{}: VGG {} ({} classes, input {}), {} tensors, {} parameters, {from}",

@@ -91,14 +91,8 @@ pub struct EvalTransform {
 /// Why a pipeline file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("cannot read pipeline {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] super::FileError),
     #[error("{path}: {key}: {message}")]
     Invalid {
         path: PathBuf,
@@ -350,19 +344,13 @@ pub struct StageShape {
 impl Pipeline {
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
-        let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = super::read_text(path, "pipeline")?;
         Self::parse(&text, path)
     }
 
     /// Parses pipeline text; `path` names it in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Self, PipelineError> {
-        let raw: RawPipeline = toml::from_str(text).map_err(|e| PipelineError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+        let raw: RawPipeline = super::parse_toml(text, path)?;
         let invalid = |key: &str, message: String| PipelineError::Invalid {
             path: path.to_path_buf(),
             key: key.to_string(),

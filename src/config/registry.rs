@@ -32,14 +32,8 @@ pub const DEFAULT_PATH: &str = "datasets.toml";
 /// Why the registry could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("cannot read dataset registry {path}: {source}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error(transparent)]
+    File(#[from] super::FileError),
     #[error("{path}: dataset `{name}`: {message}")]
     Invalid {
         path: PathBuf,
@@ -266,19 +260,13 @@ pub struct Registry {
 impl Registry {
     /// Reads and validates a registry file.
     pub fn load(path: &Path) -> Result<Self, RegistryError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RegistryError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = super::read_text(path, "dataset registry")?;
         Self::parse(&text, path)
     }
 
     /// Parses registry text; `path` names the file in errors and anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, RegistryError> {
-        let raw: RawRegistry = toml::from_str(text).map_err(|e| RegistryError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
+        let raw: RawRegistry = super::parse_toml(text, path)?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
