@@ -31,8 +31,9 @@ use ort::session::{Session, SessionInputValue};
 use ort::value::{DynValue, Tensor};
 use serde::Serialize;
 use vgg::config::model::VggConfig;
+use vgg::config::model::{parameters, ParamSpec, MOMENTUM};
 use vgg::config::training::Init;
-use vgg::net::graph::vgg::{self as graphs, ParamSpec, StepOptions, MOMENTUM, NEXT};
+use vgg::net::graph::vgg::{self as graphs, StepOptions, NEXT};
 use vgg::net::init::initialise;
 use vgg::net::session::{self, SessionSettings};
 use vgg::util::machine::{machine, Machine};
@@ -163,7 +164,7 @@ fn random_batch(config: &VggConfig, n: usize) -> Batch {
     }
 }
 
-/// Parameters and momenta as host vectors, in [`graphs::parameters`] order.
+/// Parameters and momenta as host vectors, in [`parameters`] order.
 struct State {
     specs: Vec<ParamSpec>,
     params: Vec<Vec<f32>>,
@@ -179,7 +180,7 @@ impl State {
             .collect();
         let momenta = params.iter().map(|p| vec![0.0; p.len()]).collect();
         State {
-            specs: graphs::parameters(config),
+            specs: parameters(config),
             params,
             momenta,
         }
@@ -527,7 +528,7 @@ fn main() {
     };
     let m = machine();
     let summary = config.summary();
-    let nparams: usize = graphs::parameters(&config).iter().map(|p| p.numel()).sum();
+    let nparams: usize = parameters(&config).iter().map(|p| p.numel()).sum();
     if !a.json {
         println!(
             "# training-step benchmark\nmachine: {} ({} cores, {})\nonnx runtime: {}",

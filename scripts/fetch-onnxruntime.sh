@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the official ONNX Runtime CPU library that `vgg` loads at run time (see src/runtime.rs and
+# Fetch the official ONNX Runtime CPU library that `vgg` loads at run time (see src/net/runtime.rs and
 # docs/onnxruntime.md).
 #
 # The library comes from the PyPI wheel (the only source reachable from the build machines): the

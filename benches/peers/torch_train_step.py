@@ -31,7 +31,7 @@ import time
 
 WARMUP = 3
 
-# Paper Table 1, as in src/model.rs ("conv3-64" -> 64; every convolution here is 3x3).
+# Paper Table 1, as in src/config/model.rs ("conv3-64" -> 64; every convolution here is 3x3).
 TABLE = {
     "A": [[64], [128], [256, 256], [512, 512], [512, 512]],
     "B": [[64, 64], [128, 128], [256, 256], [512, 512], [512, 512]],

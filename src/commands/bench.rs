@@ -7,8 +7,6 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use vgg::bench::{self, LoaderReport, LoaderRow, TrainBenchReport};
-use vgg::config::pipeline::Pipeline;
-use vgg::data::source::Split;
 use vgg::net::session::{Device, SessionSettings};
 use vgg::util::machine::{machine, Machine};
 
@@ -79,14 +77,13 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             threads,
             json,
         } => {
-            let p = Pipeline::load(pipeline)?;
-            let name = dataset.as_deref().unwrap_or(&p.dataset);
-            let split = c.open_split(name, Split::Train)?;
+            let d = c.pipeline_data(pipeline, dataset.as_deref())?;
+            let (p, name, split) = (&d.pipeline, d.dataset.as_str(), d.train.clone());
             let session = SessionSettings {
                 device: *device,
                 threads: *threads,
             };
-            let r = bench::train_bench(&p, split, &session, *steps as usize, &CANCEL)?;
+            let r = bench::train_bench(p, split, &session, *steps as usize, &CANCEL)?;
             if *json {
                 print_json(&r)?;
             } else {
@@ -100,9 +97,8 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             batches,
             json,
         } => {
-            let p = Pipeline::load(pipeline)?;
-            let name = dataset.as_deref().unwrap_or(&p.dataset);
-            let split = c.open_split(name, Split::Train)?;
+            let d = c.pipeline_data(pipeline, dataset.as_deref())?;
+            let (p, name, split) = (&d.pipeline, d.dataset.as_str(), d.train.clone());
             let counts: Vec<usize> = match threads {
                 Some(t) => vec![*t],
                 None => (1..=machine().cores).collect(),
@@ -121,7 +117,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
                     "threads", "images/s", "per core", "decode-only img/s", "ratio"
                 );
             }
-            let report = bench::loader_bench(split, &p, name, &counts, *batches, &CANCEL, |r| {
+            let report = bench::loader_bench(split, p, name, &counts, *batches, &CANCEL, |r| {
                 if !json {
                     print_loader_row(r);
                 }

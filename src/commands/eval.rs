@@ -21,8 +21,8 @@ use vgg::net::session::{Device, SessionSettings};
 use super::progress::CANCEL;
 use super::{bytes, print_json, Common, SplitArg};
 
-/// Where `vgg eval --help` explains the protocols (the variant's doc comment in main.rs
-/// provides the one-line summary, which replaces a struct-level long description).
+/// Where `vgg eval --help` explains the protocols (after the options, so the struct's doc
+/// comment stays the one-line summary).
 const LONG_HELP: &str = "\
 Each image is rescaled isotropically so its smallest side is Q, for every test scale Q in
 --scales, and the mean RGB is subtracted. Protocols (--protocol):
@@ -73,7 +73,7 @@ pub struct Args {
     protocol: Protocol,
     /// Test scales Q, comma-separated, e.g. 256,384,512 (default: the paper's rule for the
     /// training scale S; see --help). Each must be at least the network's input size.
-    #[arg(long, value_name = "Q,...", value_delimiter = ',', num_args = 1.., value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "Q,...", value_delimiter = ',', num_args = 1.., value_parser = test_scale)]
     scales: Option<Vec<u32>>,
     /// Default to the paper's three test scales for S instead of one.
     #[arg(long, conflicts_with = "scales")]
@@ -88,8 +88,8 @@ pub struct Args {
     /// Crops per side of the multi-crop grid (the paper: 5, i.e. 25 crops, 50 with flips).
     #[arg(long, default_value_t = 5, value_name = "N")]
     grid: u32,
-    /// Which prepared split to evaluate (train or val).
-    #[arg(long, value_enum, default_value = "val")]
+    /// Which prepared split to evaluate.
+    #[arg(long, default_value = "val", value_name = "SPLIT", value_parser = one_split())]
     split: SplitArg,
     /// Use this dataset instead of the pipeline's.
     #[arg(long, value_name = "NAME")]
@@ -113,6 +113,23 @@ pub struct Args {
     json: bool,
 }
 
+/// One test scale of `--scales`: a positive whole number (spaces around it allowed).
+fn test_scale(s: &str) -> Result<u32, String> {
+    match s.trim().parse::<u32>() {
+        Ok(0) => Err("a test scale must be positive, not 0".into()),
+        Ok(q) => Ok(q),
+        Err(_) => Err(format!("`{}` is not a whole number of pixels", s.trim())),
+    }
+}
+
+/// `--split`: one split, train or val (not `all`).
+fn one_split() -> impl clap::builder::TypedValueParser<Value = SplitArg> {
+    use clap::builder::TypedValueParser;
+    use clap::ValueEnum;
+    clap::builder::PossibleValuesParser::new(["train", "val"])
+        .map(|s| SplitArg::from_str(&s, false).expect("a possible value"))
+}
+
 /// What the target resolved to.
 struct Target {
     dataset: String,
@@ -124,10 +141,6 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     let protocol = a.protocol;
     anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(a.grid > 0, "--grid must be at least 1");
-    anyhow::ensure!(
-        a.split != SplitArg::All,
-        "--split all: evaluate one split at a time (train or val)"
-    );
     let target = resolve(a)?;
     let scales = match &a.scales {
         Some(s) => s.clone(),

@@ -69,6 +69,20 @@ impl Common {
         Ok(Arc::new(s))
     }
 
+    /// A pipeline file and the prepared train split of its dataset (or of `dataset`, which
+    /// replaces the pipeline's), with the dataset's name: what every command that runs a
+    /// pipeline's loader starts from.
+    pub fn pipeline_data(&self, pipeline: &Path, dataset: Option<&str>) -> Result<PipelineData> {
+        let pipeline = Pipeline::load(pipeline)?;
+        let dataset = dataset.unwrap_or(&pipeline.dataset).to_string();
+        let train = self.open_split(&dataset, Split::Train)?;
+        Ok(PipelineData {
+            pipeline,
+            dataset,
+            train,
+        })
+    }
+
     /// A shard folder given as a path, or a dataset name whose shard folder is meant.
     pub fn shard_dir(&self, target: &str) -> Result<PathBuf> {
         let p = Path::new(target);
@@ -85,6 +99,15 @@ impl Common {
     pub fn bars(&self, json: bool) -> Bars {
         Bars::new(self.quiet || json)
     }
+}
+
+/// A pipeline resolved with its data ([`Common::pipeline_data`]).
+pub struct PipelineData {
+    pub pipeline: Pipeline,
+    /// The dataset's name in the registry.
+    pub dataset: String,
+    /// Its prepared train split.
+    pub train: Arc<PreparedSplit>,
 }
 
 /// A split named on the command line.
@@ -106,11 +129,16 @@ impl SplitArg {
         }
     }
 
-    /// The one split meant; `all` is refused by the caller's clap definition.
+    /// The one split meant, for commands whose `--split` offers only train and val.
+    ///
+    /// # Panics
+    ///
+    /// On `All` (such a command's value parser does not offer it).
     pub fn one(self) -> Split {
         match self {
             SplitArg::Train => Split::Train,
-            SplitArg::Val | SplitArg::All => Split::Val,
+            SplitArg::Val => Split::Val,
+            SplitArg::All => panic!("--split all reached a command that takes one split"),
         }
     }
 }

@@ -19,11 +19,12 @@ pub struct Args {
 enum ModelCommand {
     /// A layer table (output shape, parameters, FLOPs per layer) and totals.
     ///
-    /// CONFIG is a row of the paper's Table 1 (A, A-LRN, B, C, D, E) or a pipeline file whose
-    /// [model] table defines the network. JSON keys: parameters, flops, macs, weight_layers,
+    /// CONFIG is a row of the paper's Table 1 (A, A-LRN, B, C, D, E; torchvision's vgg11,
+    /// vgg13, vgg16, vgg19 name A, B, D, E) or a pipeline file whose [model] table defines the
+    /// network. JSON keys: parameters, flops, macs, weight_layers,
     /// layers[...], config.
     Summary {
-        /// A, A-LRN, B, C, D, E, or a pipeline file.
+        /// A, A-LRN, B, C, D, E, vgg11 ... vgg19, or a pipeline file.
         config: String,
         /// Number of classes (default: 1000, or the pipeline's).
         #[arg(long, value_name = "N")]

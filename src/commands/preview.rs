@@ -5,9 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 
-use vgg::config::pipeline::Pipeline;
 use vgg::data::preview::training_tiles;
-use vgg::data::source::Split;
 use vgg::report::contact_sheet::{self, SheetOptions};
 
 use super::Common;
@@ -38,10 +36,9 @@ pub struct Args {
 }
 
 pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
-    let p = Pipeline::load(&a.pipeline)?;
-    let name = a.dataset.as_deref().unwrap_or(&p.dataset);
-    let split = c.open_split(name, Split::Train)?;
-    let tiles = training_tiles(&p, split, a.count, a.epoch, a.threads)?;
+    let d = c.pipeline_data(&a.pipeline, a.dataset.as_deref())?;
+    let (p, name) = (&d.pipeline, &d.dataset);
+    let tiles = training_tiles(p, d.train.clone(), a.count, a.epoch, a.threads)?;
     anyhow::ensure!(!tiles.is_empty(), "the train split of `{name}` is empty");
     let opts = SheetOptions {
         columns: a.columns,

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
-use vgg::config::pipeline::Pipeline;
 use vgg::data::source::Split;
 use vgg::net::session::{Device, SessionSettings};
 use vgg::train::{self, Ending, TrainOptions};
@@ -22,7 +21,8 @@ use super::{print_json, Common};
 /// initialisation and checkpoints ([training]); flags override single values.
 ///
 /// The run directory gets last.safetensors (every epoch, every `checkpoint_every` steps and
-/// on Ctrl-C), best.safetensors (best validation top-1 error), metrics.jsonl and plots.png.
+/// on Ctrl-C), best.safetensors (best validation top-1 error), metrics.jsonl, and plots.png
+/// with plots.svg (each chart also alone under plots/).
 /// `--resume` continues from last.safetensors exactly where it stopped: same batches, same
 /// augmentation, same dropout masks as an uninterrupted run.
 #[derive(clap::Args)]
@@ -64,7 +64,8 @@ pub struct Args {
 }
 
 pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
-    let mut p = Pipeline::load(&a.pipeline)?;
+    let d = c.pipeline_data(&a.pipeline, a.dataset.as_deref())?;
+    let (mut p, name, train_split) = (d.pipeline, d.dataset, d.train);
     if let Some(e) = a.epochs {
         anyhow::ensure!(e > 0, "--epochs must be at least 1");
         p.training.epochs = e;
@@ -76,8 +77,6 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     if let Some(t) = a.threads {
         p.training.threads = t;
     }
-    let name = a.dataset.clone().unwrap_or_else(|| p.dataset.clone());
-    let train_split = c.open_split(&name, Split::Train)?;
     let val = if a.no_val {
         None
     } else {

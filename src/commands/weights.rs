@@ -14,7 +14,7 @@ use vgg::net::checkpoint::{self, Checkpoint};
 use super::Common;
 
 /// What `vgg weights --help` and `vgg weights from-torchvision --help` say about torchvision's
-/// files (the variant's doc comment in main.rs replaces a struct-level long description).
+/// files (after the options, so the struct's doc comment stays the one-line summary).
 macro_rules! torchvision_help {
     () => {
         "\

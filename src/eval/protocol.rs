@@ -1,14 +1,14 @@
 //! The pure parts of the paper's evaluation protocols (Simonyan & Zisserman, sec. 3.2 and 4):
 //! where the crops go, which test scales Q a training scale S implies, how posteriors are
-//! averaged over views and nets, how top-1 / top-5 errors are counted, and how the results are
-//! laid out against the paper's Tables 3-5.
+//! averaged over views and nets, and how the results are laid out against the paper's Tables
+//! 3-5 (top-1 / top-5 counting itself is [`crate::net::accuracy`], shared with the trainer).
 //!
 //! # Why a module of its own
 //!
 //! Running the networks needs ONNX Runtime, a model file and images; none of that is needed to
 //! decide *what* the protocol computes. Keeping the arithmetic here, free of ONNX, lets every
-//! rule be tested on hand-made numbers in milliseconds (the crop grid, tie-breaking in top-k,
-//! the equal weighting of fused posteriors), and leaves the runner that feeds the networks with
+//! rule be tested on hand-made numbers in milliseconds (the crop grid, the test scales, the
+//! equal weighting of fused posteriors), and leaves the runner that feeds the networks with
 //! only the plumbing to get wrong.
 //!
 //! # The protocol, as this module encodes it
@@ -22,7 +22,8 @@
 //! - [`Protocol::DenseMultiCrop`]: the two above averaged with equal weight
 //!   ([`PosteriorSum::add_mean`]); fusion of several nets works the same way.
 //! - Every view contributes a soft-max posterior; views are averaged ([`PosteriorSum`]); the
-//!   averaged posterior is scored by the rank of the true class ([`rank_of`], [`TopK`]).
+//!   averaged posterior is scored by the rank of the true class
+//!   ([`rank_of`](crate::net::accuracy::rank_of), [`TopK`]).
 
 use std::fmt;
 use std::str::FromStr;

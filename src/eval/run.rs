@@ -26,7 +26,7 @@
 //!   multi-crop posterior (averaged over its views) combined with equal weight.
 //! - [`Protocol::Centre`]: the centre crop of side `config.input` (and its mirror if `flip`)
 //!   through [`forward_graph`], made by the loader's kernel
-//!   ([`augment::centre_from_rgb`](crate::data::augment::centre_from_rgb)), so these are the
+//!   ([`augment::centre_from_rgb`]), so these are the
 //!   pixels the trainer's validation sees. Several scales are treated like every other
 //!   protocol: one centre crop per scale, averaged over scales.
 //!
@@ -80,7 +80,8 @@ use crate::net::accuracy::{rank_of, TopK};
 pub const CHUNK_IMAGES: usize = 32;
 
 /// One network to evaluate: its name in reports, its configuration and its parameters (exactly
-/// [`parameters`]`(&config)` by name and shape; checked by [`evaluate`]).
+/// [`parameters`](crate::config::model::parameters)`(&config)` by name and shape; checked by
+/// [`evaluate`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     /// How reports name it, e.g. the checkpoint's file stem.

@@ -40,8 +40,7 @@ use memmap2::Mmap;
 use safetensors::tensor::{Metadata, TensorInfo, TensorView};
 use safetensors::{Dtype, SafeTensors, View};
 
-use crate::config::model::VggConfig;
-use crate::config::model::{parameters, torchvision_name, ParamSpec, MOMENTUM};
+use crate::config::model::{parameters, torchvision_name, ParamSpec, VggConfig, MOMENTUM};
 
 /// Metadata key of the file format version.
 pub const FORMAT_KEY: &str = "vgg.format";

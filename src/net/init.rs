@@ -27,13 +27,15 @@
 //! count, and adding a layer at the end leaves the earlier tensors unchanged.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use rayon::prelude::*;
 
-use crate::config::model::VggConfig;
-use crate::config::model::{parameters, LayerType, ParamKind, ParamSpec, MOMENTUM};
+use crate::config::model::{parameters, LayerType, ParamKind, ParamSpec, VggConfig, MOMENTUM};
 use crate::config::training::Init;
-use crate::net::checkpoint::{spec_shape, CheckpointError, NamedTensor, TensorMismatch};
+use crate::net::checkpoint::{
+    check_layout, spec_shape, CheckpointError, NamedTensor, TensorMismatch,
+};
 use crate::util::rng::{Rng, Stream};
 
 impl Init {
@@ -118,8 +120,8 @@ pub fn pre_initialise(
 ) -> Result<Vec<String>, CheckpointError> {
     let target_specs = parameters(config);
     let source_specs = parameters(source_config);
-    check_params(&target_specs, target)?;
-    check_params(&source_specs, source)?;
+    check_layout(Path::new(""), config, target, "")?;
+    check_layout(Path::new(""), source_config, source, "")?;
 
     let source_convs: Vec<&ParamSpec> = source_specs
         .iter()
@@ -189,42 +191,6 @@ pub fn pre_initialise(
             target[t].name.clone()
         })
         .collect())
-}
-
-/// `tensors` are exactly `specs`: order, names, shapes, element counts.
-fn check_params(specs: &[ParamSpec], tensors: &[NamedTensor]) -> Result<(), CheckpointError> {
-    for (i, spec) in specs.iter().enumerate() {
-        let Some(t) = tensors.get(i).filter(|t| t.name == spec.name) else {
-            return Err(CheckpointError::Missing {
-                path: Default::default(),
-                name: spec.name.clone(),
-            });
-        };
-        let shape = spec_shape(spec);
-        if t.shape != shape || t.data.len() != t.numel() {
-            return Err(CheckpointError::Shape {
-                path: Default::default(),
-                name: t.name.clone(),
-                expected: shape,
-                found: if t.data.len() == t.numel() {
-                    t.shape.clone()
-                } else {
-                    vec![t.data.len()]
-                },
-            });
-        }
-    }
-    if tensors.len() != specs.len() {
-        return Err(CheckpointError::Format {
-            path: Default::default(),
-            message: format!(
-                "{} tensors where the network has {} parameters",
-                tensors.len(),
-                specs.len()
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// Zero momentum buffers for `params`, named `NAME.momentum` (the training graph's inputs).

@@ -19,7 +19,8 @@
 //! what an interrupted run logged past its last checkpoint and the torn line, so the file never
 //! holds two records for one step.
 //!
-//! [`write_plots`] draws the curves as PNG files (regenerated every epoch by the trainer).
+//! [`write_plots`] draws the curves as PNG and SVG files (regenerated every epoch by the
+//! trainer).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

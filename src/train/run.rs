@@ -490,7 +490,7 @@ impl Validator {
             session,
             split,
             pipeline: p.clone(),
-            names: graphs::parameters(config)
+            names: crate::config::model::parameters(config)
                 .into_iter()
                 .map(|s| s.name)
                 .collect(),

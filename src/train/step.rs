@@ -14,9 +14,10 @@ use ort::value::Tensor;
 
 use super::TrainError;
 use crate::config::model::VggConfig;
+use crate::config::model::{parameters, ParamSpec, MOMENTUM};
 use crate::data::loader::Batch;
 use crate::net::checkpoint::NamedTensor;
-use crate::net::graph::vgg::{self as graphs, InputForm, ParamSpec, StepOptions, MOMENTUM, NEXT};
+use crate::net::graph::vgg::{self as graphs, InputForm, StepOptions, NEXT};
 use crate::net::session::{self, Device, SessionSettings};
 use crate::util::rng::{Rng, Stream};
 
@@ -42,7 +43,7 @@ struct HostInputs {
 pub struct StepSession {
     session: Session,
     bindings: [IoBinding; 2],
-    /// `sets[k]`: parameters then momenta, in [`graphs::parameters`] order.
+    /// `sets[k]`: parameters then momenta, in [`parameters`] order.
     sets: [Vec<Tensor<f32>>; 2],
     host: HostInputs,
     outputs: (Tensor<f32>, Tensor<i64>, Tensor<i64>),
@@ -64,7 +65,7 @@ fn ort_err(what: &str) -> impl Fn(ort::Error) -> TrainError + '_ {
 
 impl StepSession {
     /// Compiles the step for `config` and uploads `params` and `momenta` (in
-    /// [`graphs::parameters`] order) to the session's device.
+    /// [`parameters`] order) to the session's device.
     pub fn new(
         config: &VggConfig,
         opts: &StepOptions,
@@ -73,7 +74,7 @@ impl StepSession {
         momenta: &[NamedTensor],
         settings: &SessionSettings,
     ) -> Result<Self, TrainError> {
-        let specs = graphs::parameters(config);
+        let specs = parameters(config);
         if params.len() != specs.len() || momenta.len() != specs.len() {
             return Err(TrainError::Mismatch(format!(
                 "{} parameters and {} momenta for a network of {} tensors",
@@ -322,7 +323,7 @@ impl StepSession {
     }
 
     /// The current parameters (not the momenta), on the session's device, in
-    /// [`graphs::parameters`] order: an evaluation session can read them without a copy.
+    /// [`parameters`] order: an evaluation session can read them without a copy.
     pub fn params(&self) -> &[Tensor<f32>] {
         &self.sets[self.current][..self.specs.len()]
     }

@@ -374,3 +374,37 @@ fn model_export_writes_graphs_onnx_runtime_loads_with_and_without_weights() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("w.safetensors"));
 }
+
+#[test]
+fn values_clap_parses_are_refused_before_any_work_with_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", "nowhere", "--checkpoint", "none.safetensors"];
+        args.extend(extra);
+        vgg(&args, dir.path())
+    };
+    for (extra, says) in [
+        (&["--split", "all"][..], "all"),
+        (&["--protocol", "dens"][..], "unknown protocol"),
+        (&["--scales", "256,0"][..], "positive"),
+        (&["--scales", "256,,384"][..], "not a whole number"),
+        (&["--device", "gpu"][..], "not a device"),
+        (&["--train-scale", "[512;256]"][..], "training scale"),
+    ] {
+        let o = eval(extra);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{extra:?}: {}", text(&o));
+    }
+    // Spaces around a test scale are fine: the arguments parse, and the error is then about
+    // the missing registry.
+    let o = eval(&["--scales", "256, 384"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("datasets.toml") && !err.contains("invalid value"),
+        "{}",
+        text(&o)
+    );
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+}

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use vgg::config::model::{parameters, ParamKind};
 use vgg::config::model::{Conv, VggConfig};
 use vgg::data::augment::{
     decode_record, eval_sample, rescale_whole, with_record, EvalTransform, Output, VGG_MEAN,
@@ -15,7 +16,7 @@ use vgg::data::store::PreparedSplit;
 use vgg::eval::protocol::{centre_crop, crop_grid, Protocol};
 use vgg::eval::run::{evaluate, posteriors, EvalError, EvalSettings, Network, Posteriors};
 use vgg::net::checkpoint::{Checkpoint, NamedTensor};
-use vgg::net::graph::vgg::{self as graphs, ParamKind};
+use vgg::net::graph::vgg as graphs;
 use vgg::net::session::{self, SessionSettings};
 use vgg::util::progress::{Cancel, Progress, Silent};
 use vgg::util::rng::{Rng, Stream};
@@ -70,7 +71,7 @@ fn config() -> VggConfig {
 /// Glorot-uniform weights (the first layer scaled down for 0-255 pixels), small biases.
 fn network(name: &str, seed: u64) -> Network {
     let config = config();
-    let params = graphs::parameters(&config)
+    let params = parameters(&config)
         .iter()
         .enumerate()
         .map(|(i, p)| {

@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 
 use ort::value::Tensor;
+use vgg::config::model::{parameters, ParamKind, MOMENTUM};
 use vgg::config::model::{Conv, VggConfig, ALEXNET_LRN};
-use vgg::net::graph::vgg::{self as graphs, InputForm, ParamKind, StepOptions, MOMENTUM, NEXT};
+use vgg::net::graph::vgg::{self as graphs, InputForm, StepOptions, NEXT};
 use vgg::net::session::{self, SessionSettings};
 use vgg::util::rng::{Rng, Stream};
 
@@ -29,7 +30,7 @@ pub fn tiny(lrn: bool) -> VggConfig {
 
 /// Glorot-uniform weights, small random biases (so bias gradients are exercised off zero).
 fn params(config: &VggConfig, seed: u64) -> Vec<T> {
-    graphs::parameters(config)
+    parameters(config)
         .iter()
         .enumerate()
         .map(|(i, p)| {
@@ -239,7 +240,7 @@ fn sgd_update_follows_the_formula() {
         out["loss"], grads["loss"],
         "the loss does not depend on the update settings"
     );
-    for ((w, v), spec) in p.iter().zip(&v).zip(graphs::parameters(&config)) {
+    for ((w, v), spec) in p.iter().zip(&v).zip(parameters(&config)) {
         let g = &grads[&format!("{}{MOMENTUM}{NEXT}", w.name)];
         let v_next = &out[&format!("{}{MOMENTUM}{NEXT}", w.name)];
         let w_next = &out[&format!("{}{NEXT}", w.name)];

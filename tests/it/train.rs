@@ -280,8 +280,9 @@ fn a_checkpoint_of_a_pre_initialises_the_matching_layers_of_d() {
 
 #[test]
 fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
+    use vgg::config::model::MOMENTUM;
     use vgg::data::loader::{Loader, LoaderOptions, Mode};
-    use vgg::net::graph::vgg::{self as graphs, StepOptions, MOMENTUM, NEXT};
+    use vgg::net::graph::vgg::{self as graphs, StepOptions, NEXT};
     let dir = tempfile::tempdir().unwrap();
     let data = dataset(dir.path());
     let p = pipeline(

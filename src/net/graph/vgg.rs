@@ -4,7 +4,7 @@
 //!
 //! ## Parameters
 //! The parameter layout (names, shapes, torchvision names) is the configuration's: see
-//! [`crate::config::model`]; this module re-exports it for the graphs' callers.
+//! [`crate::config::model`], which the graphs here take their inputs from.
 //!
 //! ## The training step
 //! Inputs: every parameter, a momentum buffer per parameter (`NAME.momentum`), the batch
@@ -25,10 +25,7 @@
 
 use super::autodiff::{self, AutodiffError};
 use super::ir::{Dim, ElemType, Graph, TensorData};
-use crate::config::model::VggConfig;
-pub use crate::config::model::{
-    parameters, torchvision_name, LayerType, ParamKind, ParamSpec, MOMENTUM,
-};
+use crate::config::model::{parameters, ParamKind, ParamSpec, VggConfig, MOMENTUM};
 
 /// The batch input of a training step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -418,6 +415,7 @@ pub fn loss_and_hits(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::model::torchvision_name;
 
     #[test]
     fn parameter_layout_matches_the_summary() {
