@@ -28,7 +28,7 @@
 use std::ffi::{c_char, c_int, CStr, OsStr};
 use std::panic::{self, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use ort::environment::Environment;
 use serde::Serialize;
@@ -63,10 +63,18 @@ pub enum RuntimeError {
         version: String,
         min_api: u32,
     },
-    #[error("ONNX Runtime loaded from {path}, but creating its environment failed: {reason}")]
-    Environment { path: PathBuf, reason: String },
-    #[error("ONNX Runtime call {call} failed: {reason}")]
-    Api { call: &'static str, reason: String },
+    #[error("ONNX Runtime loaded from {path}, but creating its environment failed: {source}")]
+    Environment {
+        path: PathBuf,
+        #[source]
+        source: Arc<ort::Error>,
+    },
+    #[error("ONNX Runtime call {call} failed: {source}")]
+    Api {
+        call: &'static str,
+        #[source]
+        source: Arc<ort::Error>,
+    },
 }
 
 /// What was loaded, as reported by the library itself.
@@ -254,7 +262,7 @@ fn init_ort(path: &Path) -> Result<Environment, RuntimeError> {
             .build()
             .map_err(|e| RuntimeError::Environment {
                 path: path.to_path_buf(),
-                reason: e.to_string(),
+                source: Arc::new(e.into()),
             })
     }));
     attempt.unwrap_or_else(|payload| {
@@ -285,7 +293,7 @@ fn available_providers() -> Result<Vec<String>, RuntimeError> {
     unsafe { ort::Error::result_from_status((api.GetAvailableProviders)(&mut list, &mut len)) }
         .map_err(|e| RuntimeError::Api {
             call: "GetAvailableProviders",
-            reason: e.to_string(),
+            source: Arc::new(e),
         })?;
     if list.is_null() {
         return Ok(Vec::new());
