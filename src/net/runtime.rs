@@ -262,7 +262,7 @@ fn init_ort(path: &Path) -> Result<Environment, RuntimeError> {
             .build()
             .map_err(|e| RuntimeError::Environment {
                 path: path.to_path_buf(),
-                source: Arc::new(e.into()),
+                source: Arc::new(e),
             })
     }));
     attempt.unwrap_or_else(|payload| {
