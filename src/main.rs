@@ -22,8 +22,9 @@ use commands::{train, verify, weights, Common};
         `vgg eval` (dense, multi-crop, multi-scale, fusion) -> top-1/top-5 error tables.\n\
         Datasets are declared by name in datasets.toml (see --datasets); the embedded default is\n\
         `synthetic-shapes`, a generated stand-in for ImageNet that needs no download.\n\n\
-        Ctrl-C stops a long command cleanly (training writes a checkpoint first); a second\n\
-        Ctrl-C exits at once. Exit codes: 0 success, 1 failure, 2 bad arguments, 130 interrupted.",
+        Ctrl-C, SIGTERM or SIGUSR1 stops a long command cleanly (training writes a checkpoint\n\
+        first); a second one exits at once. Exit codes: 0 success, 1 failure, 2 bad arguments,\n\
+        128 + the signal when stopped (130 for Ctrl-C, 143 for SIGTERM).",
     after_help = "Examples:\n  vgg prepare synthetic-shapes\n  vgg prepare imagenet --split train --part 3/16 --threads 8\n  vgg inspect shards/synthetic-shapes --json\n  vgg train pipelines/demo.toml --out runs/demo\n  vgg eval pipelines/demo.toml --checkpoint runs/demo/best.safetensors --protocol dense+multi-crop"
 )]
 struct Cli {
@@ -88,9 +89,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            // 130: the shell's code for "ended by SIGINT", so scripts can tell an interruption.
+            // 128 + the signal (130 for Ctrl-C), so scripts can tell an interruption.
             if commands::progress::CANCEL.is_cancelled() {
-                ExitCode::from(130)
+                ExitCode::from(commands::progress::interrupted_code())
             } else {
                 ExitCode::FAILURE
             }

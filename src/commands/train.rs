@@ -150,7 +150,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         }
     }
     Ok(if summary.ending == Ending::Interrupted {
-        ExitCode::from(130)
+        ExitCode::from(super::progress::interrupted_code())
     } else {
         ExitCode::SUCCESS
     })

@@ -425,3 +425,60 @@ fn a_network_whose_class_count_differs_from_the_data_is_refused_before_training(
     );
     assert!(!out.exists(), "nothing is written for a refused run");
 }
+
+/// Slurm and Kubernetes preempt with SIGTERM (Slurm's `--signal` warns with SIGUSR1): `vgg
+/// train` handles both like Ctrl-C, writing its checkpoint and exiting with 128 + the signal.
+#[test]
+fn sigterm_and_sigusr1_stop_vgg_train_with_a_checkpoint() {
+    for (sig, code) in [(libc::SIGTERM, 143), (libc::SIGUSR1, 128 + libc::SIGUSR1)] {
+        let dir = tempfile::tempdir().unwrap();
+        dataset(dir.path());
+        pipeline(dir.path(), &format!("{FAST}epochs = 1000\n"));
+        let out = dir.path().join("run");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+            .args([
+                "train",
+                "p.toml",
+                "--out",
+                "run",
+                "--no-val",
+                "--threads",
+                "1",
+            ])
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The run directory's pipeline.toml is written once the handler is installed and the
+        // session is being built: a signal from then on must stop the run cleanly.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !out.join("pipeline.toml").exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the run never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // SAFETY: sending a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the run did not stop after signal {sig}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(code), "signal {sig}: {err}");
+        assert!(err.contains("finishing cleanly"), "{err}");
+        let ck = Checkpoint::load(&out.join("last.safetensors")).unwrap();
+        let st = ck.state.unwrap();
+        assert_eq!(st["epoch"].as_u64(), Some(0), "{st}");
+        assert!(st["step"].as_u64().unwrap() >= 1, "{st}");
+    }
+}
