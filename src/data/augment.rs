@@ -374,9 +374,21 @@ pub fn train_sample(
     scratch: &mut Scratch,
     out: Output<'_>,
 ) -> Result<(), AugmentError> {
+    with_decoded(rec, scratch, |k, rgb, w, h| {
+        train_kernel(k, rgb, w, h, t, p, out)
+    })
+}
+
+/// Decodes `rec` into the scratch's buffer and hands the pixels, with the scratch's resize
+/// kernel, to `f` (the two halves of [`Scratch`] borrowed apart).
+fn with_decoded(
+    rec: &RecordRef<'_>,
+    scratch: &mut Scratch,
+    f: impl FnOnce(&mut Kernel, &[u8], u32, u32),
+) -> Result<(), AugmentError> {
     let Scratch { decoded, kernel } = scratch;
     let (w, h, rgb) = decode_into(rec, decoded)?;
-    train_kernel(kernel, rgb, w, h, t, p, out);
+    f(kernel, rgb, w, h);
     Ok(())
 }
 
@@ -432,10 +444,9 @@ pub fn eval_sample(
     scratch: &mut Scratch,
     out: Output<'_>,
 ) -> Result<(), AugmentError> {
-    let Scratch { decoded, kernel } = scratch;
-    let (w, h, rgb) = decode_into(rec, decoded)?;
-    centre_kernel(kernel, rgb, w, h, t, false, out);
-    Ok(())
+    with_decoded(rec, scratch, |k, rgb, w, h| {
+        centre_kernel(k, rgb, w, h, t, false, out)
+    })
 }
 
 /// [`eval_sample`]'s centre crop of an already decoded RGB8 image (`w x h`), mirrored
