@@ -132,7 +132,7 @@ pub fn loader_bench(
 ) -> Result<LoaderReport, BenchError> {
     let lengths: Vec<u64> = split.shards.iter().map(|r| r.len() as u64).collect();
     let s = &pipeline.loader;
-    let mut records = epoch_order(&lengths, s.order, s.window_shards, s.seed, 0, 0, 1);
+    let mut records = epoch_order(&lengths, s.order, s.window_shards, s.seed, 0, 0, 1, false);
     records.truncate((batches * s.batch_size).max(1));
     let mut rows = Vec::new();
     let mut buffer_bytes = 0;

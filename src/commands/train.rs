@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use vgg::data::source::Split;
-use vgg::net::session::{Device, SessionSettings};
+use vgg::net::session::{Devices, SessionSettings};
 use vgg::train::{self, Ending, TrainOptions};
 
 use super::progress::CANCEL;
@@ -38,10 +38,23 @@ pub struct Args {
     /// Continue the run in the run directory from its last checkpoint.
     #[arg(long)]
     resume: bool,
-    /// cpu, cuda (device 0) or cuda:N. CUDA needs the GPU build of ONNX Runtime
-    /// (docs/onnxruntime.md).
+    /// cpu, cuda (device 0), cuda:N, or several GPUs cuda:0,1,2,3 (one data-parallel
+    /// replica each, gradients summed with NCCL). CUDA needs the GPU build of ONNX Runtime
+    /// (docs/onnxruntime.md). Under torchrun or Slurm (one process per GPU), `cuda` means the
+    /// process's local GPU (LOCAL_RANK / SLURM_LOCALID).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    device: Device,
+    device: Devices,
+    /// Data-parallel replicas in this process: with `--device cpu`, N CPU replicas (the
+    /// cores shared among them); with `--device cuda`, GPUs 0..N-1; with `--device cuda:K`,
+    /// N replicas on that one GPU (gradients summed through the host). Every global batch is
+    /// split evenly over all replicas of all processes.
+    #[arg(long, value_name = "N")]
+    replicas: Option<usize>,
+    /// Micro-batches per replica and step (overrides [training] accumulate): gradients of
+    /// batch_size / (replicas x K) images at a time, summed before the one update; the same
+    /// step with less activation memory.
+    #[arg(long, value_name = "K")]
+    accumulate: Option<usize>,
     /// Number of epochs (overrides [training] epochs; raising it on --resume extends a run).
     #[arg(long, value_name = "N")]
     epochs: Option<u64>,
@@ -77,6 +90,18 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     if let Some(t) = a.threads {
         p.training.threads = t;
     }
+    if let Some(k) = a.accumulate {
+        anyhow::ensure!(
+            k > 0 && p.loader.batch_size % k == 0,
+            "--accumulate {k} does not split the batch of {} evenly",
+            p.loader.batch_size
+        );
+        p.training.accumulate = k;
+    }
+    let devices = a
+        .device
+        .replicas(a.replicas.unwrap_or(1))
+        .map_err(anyhow::Error::msg)?;
     let val = if a.no_val {
         None
     } else {
@@ -106,11 +131,13 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         out: out.clone(),
         resume: a.resume,
         session: SessionSettings {
-            device: a.device,
+            device: devices[0],
             threads,
         },
         stop: CANCEL.clone(),
         lr: if a.resume { a.lr } else { None },
+        devices,
+        group: None,
     };
     let summary = train::train(opts, &c.bars(a.json))?;
     if a.json {

@@ -429,7 +429,7 @@ impl Pipeline {
                 Some(m)
             }
         };
-        training::validate(&raw.optimizer, &raw.schedule, &raw.training)
+        training::validate(&raw.optimizer, &raw.schedule, &raw.training, l.batch_size)
             .map_err(|(key, message)| invalid(&key, message))?;
         let name = raw.name.unwrap_or_else(|| {
             path.file_stem()

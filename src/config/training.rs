@@ -29,6 +29,8 @@
 //! log_every = 10           # steps per metrics record
 //! val_limit = 10000        # validate on at most this many images (all when absent)
 //! threads = 0              # ONNX Runtime intra-op threads (0 = one per core)
+//! accumulate = 1           # micro-batches per step and replica (batch_size / K images each)
+//! sync_timeout = 600       # seconds a process waits for the others (rendezvous, every exchange)
 //! ```
 
 use std::path::PathBuf;
@@ -117,6 +119,12 @@ pub struct TrainingSettings {
     pub log_every: u64,
     pub val_limit: Option<u64>,
     pub threads: usize,
+    /// Gradient accumulation: each replica's share of a batch runs as this many micro-batches,
+    /// their gradients summed before the one update (the same step, less activation memory).
+    pub accumulate: usize,
+    /// Seconds a training process waits for the others at the rendezvous and at every
+    /// exchange before it stops with an error naming the missing rank.
+    pub sync_timeout: u64,
 }
 
 impl Default for TrainingSettings {
@@ -131,6 +139,8 @@ impl Default for TrainingSettings {
             log_every: 10,
             val_limit: None,
             threads: 0,
+            accumulate: 1,
+            sync_timeout: 600,
         }
     }
 }
@@ -140,6 +150,7 @@ pub fn validate(
     o: &OptimizerSettings,
     s: &Schedule,
     t: &TrainingSettings,
+    batch_size: usize,
 ) -> Result<(), (String, String)> {
     let bad = |k: &str, m: String| Err((k.to_string(), m));
     if !(o.lr.is_finite() && o.lr > 0.0) {
@@ -205,6 +216,18 @@ pub fn validate(
                 .into(),
         );
     }
+    if t.accumulate == 0 || batch_size % t.accumulate != 0 {
+        return bad(
+            "training.accumulate",
+            format!(
+                "{} micro-batches do not split the batch of {batch_size} (loader.batch_size) evenly",
+                t.accumulate
+            ),
+        );
+    }
+    if t.sync_timeout == 0 {
+        return bad("training.sync_timeout", "must be at least 1 second".into());
+    }
     if t.log_every == 0 {
         return bad("training.log_every", "must be at least 1".into());
     }
@@ -252,7 +275,7 @@ mod tests {
         let t = TrainingSettings::default();
         assert_eq!(t.epochs, 74);
         assert_eq!(t.init, Init::Normal { std: 0.01 });
-        assert!(validate(&o, &Schedule::default(), &t).is_ok());
+        assert!(validate(&o, &Schedule::default(), &t, 256).is_ok());
     }
 
     #[test]
@@ -274,14 +297,24 @@ mod tests {
             momentum: 1.0,
             ..Default::default()
         };
-        let err = validate(&o, &Schedule::Constant, &t).unwrap_err();
+        let err = validate(&o, &Schedule::Constant, &t, 256).unwrap_err();
         assert_eq!(err.0, "optimizer.momentum");
         let t = TrainingSettings {
             init_from: Some("a".into()),
             finetune_from: Some("b".into()),
             ..Default::default()
         };
-        let err = validate(&OptimizerSettings::default(), &Schedule::Constant, &t).unwrap_err();
+        let err =
+            validate(&OptimizerSettings::default(), &Schedule::Constant, &t, 256).unwrap_err();
         assert_eq!(err.0, "training.finetune_from");
+        let t = TrainingSettings {
+            accumulate: 3,
+            ..Default::default()
+        };
+        let err =
+            validate(&OptimizerSettings::default(), &Schedule::Constant, &t, 256).unwrap_err();
+        assert_eq!(err.0, "training.accumulate");
+        assert!(err.1.contains("256"), "{}", err.1);
+        assert!(validate(&OptimizerSettings::default(), &Schedule::Constant, &t, 258).is_ok());
     }
 }

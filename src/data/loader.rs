@@ -60,6 +60,10 @@ pub struct LoaderOptions {
     /// This process's share of the epoch: `rank` of `world`.
     pub rank: usize,
     pub world: usize,
+    /// Let the ranks' shares differ by one sample instead of cutting them to the same length
+    /// (evaluation, where every image counts once; training needs equal shares so that all
+    /// ranks step together).
+    pub uneven: bool,
     /// Batches of the first epoch to skip without loading them (resuming a run mid-epoch);
     /// batch numbers keep counting from the epoch's start.
     pub start_batch: usize,
@@ -75,6 +79,7 @@ impl LoaderOptions {
             epochs: 1,
             rank: 0,
             world: 1,
+            uneven: false,
             start_batch: 0,
         }
     }
@@ -91,7 +96,9 @@ pub enum LoaderError {
     Threads(String),
 }
 
-/// The record indices of one epoch for this rank, in order.
+/// The record indices of one epoch for this rank, in order: every `world`-th record of the
+/// epoch's order from position `rank`, cut to the same length on every rank unless `uneven`.
+#[allow(clippy::too_many_arguments)]
 pub fn epoch_order(
     shard_lengths: &[u64],
     order: Order,
@@ -100,6 +107,7 @@ pub fn epoch_order(
     epoch: u64,
     rank: usize,
     world: usize,
+    uneven: bool,
 ) -> Vec<u64> {
     let n: u64 = shard_lengths.iter().sum();
     let mut all: Vec<u64> = match order {
@@ -131,7 +139,11 @@ pub fn epoch_order(
     };
     if world > 1 {
         // Strided, then cut to the same length on every rank so all ranks step together.
-        let per_rank = all.len() / world;
+        let per_rank = if uneven {
+            (all.len() + world - 1 - rank) / world
+        } else {
+            all.len() / world
+        };
         all = all
             .into_iter()
             .skip(rank)
@@ -256,7 +268,9 @@ impl Loader {
         }
         let lengths: Vec<u64> = split.shards.iter().map(|r| r.len() as u64).collect();
         // Every epoch of one rank has the same length; only the order differs.
-        let per_rank = if opts.world > 1 {
+        let per_rank = if opts.world > 1 && opts.uneven {
+            (split.len() as usize + opts.world - 1 - opts.rank) / opts.world
+        } else if opts.world > 1 {
             split.len() as usize / opts.world
         } else {
             split.len() as usize
@@ -311,6 +325,7 @@ impl Loader {
             settings: s.clone(),
             rank: opts.rank,
             world: opts.world,
+            uneven: opts.uneven,
             epochs: opts.epoch..opts.epoch + opts.epochs,
             start_batch: opts.start_batch,
             samples,
@@ -386,6 +401,7 @@ struct Producer {
     settings: LoaderSettings,
     rank: usize,
     world: usize,
+    uneven: bool,
     epochs: std::ops::Range<u64>,
     start_batch: usize,
     samples: usize,
@@ -414,6 +430,7 @@ impl Producer {
                 epoch,
                 self.rank,
                 self.world,
+                self.uneven,
             );
             let skip = if epoch == self.epochs.start {
                 self.start_batch
@@ -530,18 +547,18 @@ mod tests {
         let lengths = [5u64, 7, 3, 9, 1];
         let n: u64 = lengths.iter().sum();
         for order in [Order::Shuffle, Order::ShardLocal, Order::Sequential] {
-            let mut v = epoch_order(&lengths, order, 2, 7, 3, 0, 1);
+            let mut v = epoch_order(&lengths, order, 2, 7, 3, 0, 1, false);
             assert_eq!(v.len() as u64, n);
             if order != Order::Sequential {
                 assert_ne!(v, (0..n).collect::<Vec<_>>(), "{order:?} did not shuffle");
                 assert_eq!(
                     v,
-                    epoch_order(&lengths, order, 2, 7, 3, 0, 1),
+                    epoch_order(&lengths, order, 2, 7, 3, 0, 1, false),
                     "{order:?} not reproducible"
                 );
                 assert_ne!(
                     v,
-                    epoch_order(&lengths, order, 2, 7, 4, 0, 1),
+                    epoch_order(&lengths, order, 2, 7, 4, 0, 1, false),
                     "{order:?} same for another epoch"
                 );
             }
@@ -549,7 +566,7 @@ mod tests {
             assert_eq!(v, (0..n).collect::<Vec<_>>());
             // Three ranks: disjoint, equal length, covering all but the remainder.
             let parts: Vec<Vec<u64>> = (0..3)
-                .map(|r| epoch_order(&lengths, order, 2, 7, 3, r, 3))
+                .map(|r| epoch_order(&lengths, order, 2, 7, 3, r, 3, false))
                 .collect();
             let mut union: Vec<u64> = parts.concat();
             assert!(parts.iter().all(|p| p.len() as u64 == n / 3));
@@ -562,7 +579,7 @@ mod tests {
     #[test]
     fn shard_local_order_stays_within_windows() {
         let lengths = [10u64; 8];
-        let v = epoch_order(&lengths, Order::ShardLocal, 2, 1, 0, 0, 1);
+        let v = epoch_order(&lengths, Order::ShardLocal, 2, 1, 0, 0, 1, false);
         // Each run of 20 consecutive samples comes from exactly two shards.
         for w in v.chunks(20) {
             let mut shards: Vec<u64> = w.iter().map(|g| g / 10).collect();

@@ -49,6 +49,67 @@ impl fmt::Display for Device {
     }
 }
 
+/// The devices of a data-parallel run: `cpu`, `cuda` (device 0), `cuda:N`, or several CUDA
+/// devices `cuda:0,1,2,3` (one replica each).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices {
+    pub list: Vec<Device>,
+    /// A CUDA index was written (`cuda:0`, not `cuda`).
+    pub indexed: bool,
+}
+
+impl FromStr for Devices {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(list) = s.strip_prefix("cuda:").filter(|l| l.contains(',')) {
+            let ids = list
+                .split(',')
+                .map(|n| n.trim().parse::<i32>().ok().filter(|&n| n >= 0))
+                .collect::<Option<Vec<i32>>>()
+                .ok_or_else(|| format!("`{s}` is not a device list: use e.g. cuda:0,1,2,3"))?;
+            let mut seen = ids.clone();
+            seen.sort_unstable();
+            seen.dedup();
+            if seen.len() != ids.len() {
+                return Err(format!(
+                    "`{s}` names a device twice (for replicas sharing one device use --replicas)"
+                ));
+            }
+            return Ok(Devices {
+                list: ids.into_iter().map(Device::Cuda).collect(),
+                indexed: true,
+            });
+        }
+        Ok(Devices {
+            list: vec![s.parse()?],
+            indexed: s.starts_with("cuda:"),
+        })
+    }
+}
+
+impl Devices {
+    /// `replicas` replicas over these devices: `cpu` repeated; `cuda` (device 0) becomes
+    /// devices 0..replicas; a single `cuda:N` is shared by all replicas; a list must have
+    /// `replicas` entries.
+    pub fn replicas(&self, replicas: usize) -> Result<Vec<Device>, String> {
+        if replicas == 0 {
+            return Err("--replicas must be at least 1".into());
+        }
+        match self.list.as_slice() {
+            [Device::Cpu] => Ok(vec![Device::Cpu; replicas]),
+            [Device::Cuda(0)] if !self.indexed => {
+                Ok((0..replicas as i32).map(Device::Cuda).collect())
+            }
+            [one] => Ok(vec![*one; replicas]),
+            list if replicas == 1 || list.len() == replicas => Ok(list.to_vec()),
+            list => Err(format!(
+                "--replicas {replicas} with {} devices listed: give one device per replica",
+                list.len()
+            )),
+        }
+    }
+}
+
 /// How to build a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionSettings {
@@ -143,5 +204,28 @@ mod tests {
             .unwrap_err()
             .contains("cpu, cuda or cuda:N"));
         assert_eq!(Device::Cuda(2).to_string(), "cuda:2");
+    }
+
+    #[test]
+    fn device_lists_parse_and_spread_replicas() {
+        let d = |s: &str| s.parse::<Devices>();
+        assert_eq!(
+            d("cuda:0,1,3").unwrap().list,
+            vec![Device::Cuda(0), Device::Cuda(1), Device::Cuda(3)]
+        );
+        assert!(d("cuda:0,0").unwrap_err().contains("twice"));
+        assert!(d("cuda:0,x").is_err());
+        assert_eq!(d("cpu").unwrap().replicas(3).unwrap(), vec![Device::Cpu; 3]);
+        assert_eq!(
+            d("cuda").unwrap().replicas(2).unwrap(),
+            vec![Device::Cuda(0), Device::Cuda(1)]
+        );
+        assert_eq!(
+            d("cuda:1").unwrap().replicas(2).unwrap(),
+            vec![Device::Cuda(1), Device::Cuda(1)]
+        );
+        assert_eq!(d("cuda:0,1").unwrap().replicas(1).unwrap().len(), 2);
+        assert!(d("cuda:0,1").unwrap().replicas(3).is_err());
+        assert!(d("cpu").unwrap().replicas(0).is_err());
     }
 }

@@ -8,6 +8,7 @@
 pub mod metrics;
 pub mod run;
 pub mod schedule;
+pub mod parallel;
 pub mod step;
 
 pub use run::{epoch_line, train, Ending, TrainOptions, TrainState, TrainSummary};

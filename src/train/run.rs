@@ -8,6 +8,13 @@
 //! - `metrics.jsonl`, `plots.png` and `plots/`: see [`super::metrics`];
 //! - `pipeline.toml`: the pipeline file the run was started with.
 //!
+//! Data parallelism ([`super::parallel`]): several replicas in this process
+//! ([`TrainOptions::devices`]) and several processes ([`TrainOptions::group`]) train on one
+//! global batch of `batch_size` images; each process loads its share (every `world`-th image
+//! of the epoch's order), only rank 0 writes the run directory, validation is split over the
+//! processes and its counts summed, and a stop request on any rank stops all of them after
+//! the same step. One replica without accumulation runs the fused step graph.
+//!
 //! Reproducible by construction: the loader's order and augmentation derive from (seed, epoch,
 //! sample), the dropout masks from (seed, epoch, batch), initialisation from the seed, and the
 //! state saved with the parameters says where in which epoch the run stands; resuming from a
@@ -21,8 +28,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::metrics::{self, EpochRecord, MetricsLog, Record, StepRecord};
+use super::parallel::{CrossProcess, ParallelOptions, ParallelStep};
 use super::schedule::{Decision, ScheduleState};
-use super::step::StepSession;
+use super::step::{StepResult, StepSession};
 use super::TrainError;
 use crate::config::model::VggConfig;
 use crate::config::pipeline::{OutputKind, Pipeline};
@@ -32,7 +40,7 @@ use crate::net::accuracy::TopK;
 use crate::net::checkpoint::{Checkpoint, NamedTensor};
 use crate::net::graph::vgg::{self as graphs, InputForm, StepOptions};
 use crate::net::init;
-use crate::net::session::{self, SessionSettings};
+use crate::net::session::{self, Device, SessionSettings};
 
 /// Where a run stands; saved in every checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -69,6 +77,62 @@ pub struct TrainOptions {
     /// Replaces the learning rate, also when resuming (continue a diverged run at a lower
     /// rate, or fine-tune at a new one).
     pub lr: Option<f32>,
+    /// One replica per entry in this process; empty: one on `session.device`.
+    pub devices: Vec<Device>,
+    /// The other training processes (one per GPU under torchrun or Slurm); `None` alone.
+    pub group: Option<Box<dyn CrossProcess>>,
+}
+
+/// The step the run uses: the fused graph for one replica without accumulation, the
+/// gradient and update graphs otherwise.
+enum Engine {
+    Fused(StepSession),
+    Parallel(ParallelStep),
+}
+
+impl Engine {
+    /// One step; `stop` is this process's stop request, the returned flag whether any process
+    /// asked to stop (all then stop after this step).
+    fn step(
+        &mut self,
+        b: &crate::data::loader::Batch,
+        lr: f32,
+        seed: u64,
+        stop: bool,
+    ) -> Result<(StepResult, bool), TrainError> {
+        match self {
+            Engine::Fused(s) => Ok((s.step(b, lr, seed)?, stop)),
+            Engine::Parallel(p) => p.step_and_vote(b, lr, seed, stop),
+        }
+    }
+
+    fn download(&self) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>), TrainError> {
+        match self {
+            Engine::Fused(s) => s.download(),
+            Engine::Parallel(p) => p.download(),
+        }
+    }
+
+    fn params(&self) -> &[ort::value::Tensor<f32>] {
+        match self {
+            Engine::Fused(s) => s.params(),
+            Engine::Parallel(p) => p.params(),
+        }
+    }
+
+    fn crop(&self) -> usize {
+        match self {
+            Engine::Fused(s) => s.crop(),
+            Engine::Parallel(p) => p.crop(),
+        }
+    }
+
+    fn group(&mut self) -> Option<&mut Box<dyn CrossProcess>> {
+        match self {
+            Engine::Fused(_) => None,
+            Engine::Parallel(p) => p.group(),
+        }
+    }
 }
 
 /// How the run ended.
@@ -227,9 +291,12 @@ pub fn step_setup(p: &Pipeline) -> (crate::config::pipeline::LoaderSettings, Ste
 fn save(
     paths: &[&Path],
     config: &VggConfig,
-    step: &StepSession,
+    step: &Engine,
     state: &TrainState,
 ) -> Result<(), TrainError> {
+    if paths.is_empty() {
+        return Ok(());
+    }
     let (params, momenta) = step.download()?;
     let ck = Checkpoint {
         config: config.clone(),
@@ -244,7 +311,10 @@ fn save(
 }
 
 /// Trains as the pipeline says; see the module documentation.
-pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, TrainError> {
+pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, TrainError> {
+    let group = o.group.take();
+    let (rank, world) = group.as_ref().map_or((0, 1), |g| (g.rank(), g.world()));
+    let writer = rank == 0;
     let p = &o.pipeline;
     let config = network(p)?;
     for (what, split) in [("training", Some(&o.train)), ("validation", o.val.as_ref())] {
@@ -259,17 +329,23 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
             )));
         }
     }
-    std::fs::create_dir_all(&o.out).map_err(|e| TrainError::Io {
-        path: o.out.clone(),
-        source: e,
-    })?;
+    if writer {
+        std::fs::create_dir_all(&o.out).map_err(|e| TrainError::Io {
+            path: o.out.clone(),
+            source: e,
+        })?;
+    }
     let (params, momenta, mut state) = starting_point(&o, &config)?;
+    let mut group = group;
+    if let Some(g) = group.as_mut() {
+        same_start_everywhere(g.as_mut(), &params, &momenta, &state)?;
+    }
     if let Some(lr) = o.lr {
         state.schedule.lr = lr;
     }
     let last_path = o.out.join(LAST);
     let best_path = o.out.join(BEST);
-    if !o.resume {
+    if !o.resume && writer {
         let text = std::fs::read(&p.path).unwrap_or_default();
         crate::util::fs::write_atomic(&o.out.join("pipeline.toml"), &text).map_err(|e| {
             TrainError::Io {
@@ -278,7 +354,11 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
             }
         })?;
     }
-    let mut log = MetricsLog::open(&o.out, o.resume.then_some(state.step))?;
+    let mut log = if writer {
+        Some(MetricsLog::open(&o.out, o.resume.then_some(state.step))?)
+    } else {
+        None
+    };
     if state.schedule.stopped || state.epoch >= p.training.epochs {
         return Ok(TrainSummary {
             ending: Ending::AlreadyFinished,
@@ -291,20 +371,71 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
     }
 
     state.finished = false;
-    let (settings, opts) = step_setup(p);
+    let (mut settings, mut opts) = step_setup(p);
     let batch = opts.batch;
-    let mut step = StepSession::new(
-        &config,
-        &opts,
-        p.optimizer.dropout,
-        &params,
-        &momenta,
-        &o.session,
-    )?;
+    if batch % world != 0 {
+        return Err(TrainError::Setup(format!(
+            "a batch of {batch} does not split over {world} processes: choose a batch_size that is a multiple of the process count"
+        )));
+    }
+    // This process's share of every global batch.
+    settings.batch_size = batch / world;
+    opts.batch = batch / world;
+    let devices = if o.devices.is_empty() {
+        vec![o.session.device]
+    } else {
+        o.devices.clone()
+    };
+    let accumulate = p.training.accumulate;
+    let mut step = if devices.len() == 1 && accumulate == 1 && group.is_none() {
+        let settings = SessionSettings {
+            device: devices[0],
+            ..o.session
+        };
+        Engine::Fused(StepSession::new(
+            &config,
+            &opts,
+            p.optimizer.dropout,
+            &params,
+            &momenta,
+            &settings,
+        )?)
+    } else {
+        Engine::Parallel(ParallelStep::new(
+            &config,
+            &opts,
+            p.optimizer.dropout,
+            &params,
+            &momenta,
+            &ParallelOptions {
+                devices: devices.clone(),
+                accumulate,
+                threads: o.session.threads,
+            },
+            group,
+        )?)
+    };
     drop((params, momenta));
+    let val_settings = SessionSettings {
+        device: devices[0],
+        ..o.session
+    };
     let mut validator = match &o.val {
-        Some(v) => Some(Validator::new(&config, p, v.clone(), &o.session)?),
+        Some(v) => Some(Validator::new(
+            &config,
+            p,
+            v.clone(),
+            &val_settings,
+            rank,
+            world,
+        )?),
         None => None,
+    };
+    let last_only: Vec<&Path> = if writer { vec![&last_path] } else { vec![] };
+    let last_and_best: Vec<&Path> = if writer {
+        vec![&last_path, &best_path]
+    } else {
+        vec![]
     };
 
     let epochs = p.training.epochs;
@@ -320,6 +451,8 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
             o.train.clone(),
             LoaderOptions {
                 start_batch: state.batch as usize,
+                rank,
+                world,
                 ..LoaderOptions::new(settings.clone(), Mode::Train(p.train.clone()), epoch)
             },
         )?;
@@ -340,7 +473,7 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
         for b in loader {
             let b = b?;
             let lr = state.schedule.lr;
-            let r = step.step(&b, lr, state.seed)?;
+            let (r, stop) = step.step(&b, lr, state.seed, o.stop.is_cancelled())?;
             if !r.loss.is_finite() {
                 return Err(TrainError::NonFinite {
                     loss: r.loss,
@@ -352,7 +485,7 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
             }
             state.step += 1;
             state.batch = b.number as u64 + 1;
-            let n = b.len() as u64;
+            let n = (b.len() * world) as u64;
             images += n;
             window_images += n;
             loss_sum += r.loss as f64 * n as f64;
@@ -366,7 +499,7 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
                 r.loss,
                 100.0 * top.top1_error()
             ));
-            if state.step % log_every == 0 {
+            if let (0, Some(log)) = (state.step % log_every, log.as_mut()) {
                 log.append(&Record::Step(StepRecord {
                     step: state.step,
                     epoch,
@@ -384,11 +517,11 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
             let every = p.training.checkpoint_every;
             if every > 0 && state.step % every == 0 {
                 state.elapsed_seconds = elapsed(&started);
-                save(&[&last_path], &config, &step, &state)?;
+                save(&last_only, &config, &step, &state)?;
             }
-            if o.stop.is_cancelled() {
+            if stop {
                 state.elapsed_seconds = elapsed(&started);
-                save(&[&last_path], &config, &step, &state)?;
+                save(&last_only, &config, &step, &state)?;
                 progress.line(&format!(
                     "stopped in epoch {} after batch {}: {} holds the position; --resume continues",
                     epoch + 1,
@@ -404,7 +537,7 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
         let (val_top1, val_top5, val_loss) = match validator.as_mut() {
             Some(v) => {
                 progress.status(&format!("validating on {} images", v.images()));
-                let (t, l) = v.run(&step)?;
+                let (t, l) = v.run(&mut step)?;
                 (Some(t.top1_error()), Some(t.top5_error()), Some(l))
             }
             None => (None, None, None),
@@ -436,11 +569,13 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
             seconds,
             time: state.elapsed_seconds,
         };
-        log.append(&Record::Epoch(record.clone()))?;
+        if let Some(log) = log.as_mut() {
+            log.append(&Record::Epoch(record.clone()))?;
+        }
         if improved {
-            save(&[&last_path, &best_path], &config, &step, &state)?;
+            save(&last_and_best, &config, &step, &state)?;
         } else {
-            save(&[&last_path], &config, &step, &state)?;
+            save(&last_only, &config, &step, &state)?;
         }
         progress.line(&epoch_line(&record));
         progress.finish();
@@ -449,15 +584,19 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
                 "learning rate {from:e} -> {to:e} (validation top-1 error stopped improving)"
             ));
         }
-        metrics::read_records(log.path()).and_then(|r| metrics::write_plots(&o.out, &r))?;
+        if let Some(log) = &log {
+            metrics::read_records(log.path()).and_then(|r| metrics::write_plots(&o.out, &r))?;
+        }
         last_epoch = Some(record);
         if decision == Decision::Stop {
             ending = Ending::Plateau;
             break;
         }
     }
-    let records = metrics::read_records(log.path())?;
-    let plots = metrics::write_plots(&o.out, &records)?;
+    let plots = match &log {
+        Some(log) => metrics::write_plots(&o.out, &metrics::read_records(log.path())?)?,
+        None => Vec::new(),
+    };
     Ok(TrainSummary {
         ending,
         state,
@@ -468,6 +607,37 @@ pub fn train(o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, T
     })
 }
 
+/// Checks that every process starts from the same parameters, momenta and position (each
+/// computes its own starting point: the same seed, or the same checkpoint on shared storage).
+fn same_start_everywhere(
+    g: &mut dyn CrossProcess,
+    params: &[NamedTensor],
+    momenta: &[NamedTensor],
+    state: &TrainState,
+) -> Result<(), TrainError> {
+    let mut h = super::parallel::Fnv::default();
+    for t in params.iter().chain(momenta) {
+        h.write(t.name.as_bytes());
+        h.write(bytemuck::cast_slice(&t.data));
+    }
+    h.write(&state.epoch.to_le_bytes());
+    h.write(&state.batch.to_le_bytes());
+    h.write(&state.step.to_le_bytes());
+    let mine = h.0.to_le_bytes().to_vec();
+    let mut theirs = mine.clone();
+    g.broadcast(&mut theirs)?;
+    if theirs != mine {
+        return Err(TrainError::Setup(format!(
+            "rank {} starts from other parameters or another position than rank 0 \
+             (epoch {}, batch {}): every rank must see the same run directory and checkpoint",
+            g.rank(),
+            state.epoch,
+            state.batch
+        )));
+    }
+    Ok(())
+}
+
 /// Centre-crop validation through the forward graph, reading the step's current parameters
 /// where they live (no copy).
 struct Validator {
@@ -476,6 +646,8 @@ struct Validator {
     pipeline: Pipeline,
     names: Vec<String>,
     classes: usize,
+    rank: usize,
+    world: usize,
 }
 
 impl Validator {
@@ -484,6 +656,8 @@ impl Validator {
         p: &Pipeline,
         split: Arc<PreparedSplit>,
         settings: &SessionSettings,
+        rank: usize,
+        world: usize,
     ) -> Result<Self, TrainError> {
         let session = session::build(&graphs::forward_graph(config), settings)?;
         Ok(Validator {
@@ -495,16 +669,25 @@ impl Validator {
                 .map(|s| s.name)
                 .collect(),
             classes: config.classes as usize,
+            rank,
+            world,
         })
     }
 
+    /// Images validated by all processes together.
     fn images(&self) -> u64 {
         let n = self.split.len();
         self.pipeline.training.val_limit.map_or(n, |l| l.min(n))
     }
 
+    /// Images this process validates: its every-`world`-th share of the first [`Self::images`].
+    fn share(&self) -> u64 {
+        let (limit, w, r) = (self.images(), self.world as u64, self.rank as u64);
+        (limit + w - 1 - r) / w
+    }
+
     /// Top-1/top-5 counts and the mean cross-entropy over the validation images.
-    fn run(&mut self, step: &StepSession) -> Result<(TopK, f64), TrainError> {
+    fn run(&mut self, step: &mut Engine) -> Result<(TopK, f64), TrainError> {
         let p = &self.pipeline;
         let crop = step.crop() as u32;
         let mut eval = p.eval.clone();
@@ -518,9 +701,14 @@ impl Validator {
         settings.drop_last = false;
         let loader = Loader::new(
             self.split.clone(),
-            LoaderOptions::new(settings, Mode::Eval(eval), 0),
+            LoaderOptions {
+                rank: self.rank,
+                world: self.world,
+                uneven: true,
+                ..LoaderOptions::new(settings, Mode::Eval(eval), 0)
+            },
         )?;
-        let limit = self.images();
+        let limit = self.share();
         let e = |what: &'static str| {
             move |source: ort::Error| TrainError::Ort {
                 what: format!("validation {what}"),
@@ -540,6 +728,9 @@ impl Validator {
         .map_err(e("memory"))?;
         let (mut top, mut loss, mut seen) = (TopK::default(), 0f64, 0u64);
         for b in loader {
+            if seen >= limit {
+                break;
+            }
             let b = b?;
             let images = b.images().expect("f32 batches");
             let n = (b.len() as u64).min(limit - seen) as usize;
@@ -567,10 +758,21 @@ impl Validator {
                 loss += lse - row[label as usize] as f64;
             }
             seen += n as u64;
-            if seen >= limit {
-                break;
-            }
         }
-        Ok((top, loss / seen.max(1) as f64))
+        drop(binding);
+        if let Some(g) = step.group() {
+            let mut counts = [
+                top.images as f64,
+                top.top1_correct as f64,
+                top.top5_correct as f64,
+                loss,
+            ];
+            g.all_reduce_f64(&mut counts)?;
+            top.images = counts[0] as u64;
+            top.top1_correct = counts[1] as u64;
+            top.top5_correct = counts[2] as u64;
+            loss = counts[3];
+        }
+        Ok((top, loss / top.images.max(1) as f64))
     }
 }

@@ -57,6 +57,7 @@ fn options(
         epochs: 1,
         rank: 0,
         world: 1,
+        uneven: false,
         start_batch: 0,
     }
 }

@@ -7,6 +7,7 @@ mod fixtures;
 mod gradients;
 mod graphs;
 mod loader;
+mod parallel;
 mod prepare;
 mod torchvision;
 mod train;

@@ -19,7 +19,7 @@ use crate::prepare::run;
 
 /// 4 shape classes in their own colours, 100 training and 25 validation images each, short
 /// sides 40-64.
-fn dataset(dir: &Path) -> (Arc<PreparedSplit>, Arc<PreparedSplit>) {
+pub(crate) fn dataset(dir: &Path) -> (Arc<PreparedSplit>, Arc<PreparedSplit>) {
     std::fs::write(
         dir.join("datasets.toml"),
         format!("[datasets.shapes]\nsource = \"synthetic\"\n[datasets.shapes.synthetic]\nclasses = 4\n\
@@ -42,7 +42,7 @@ fn dataset(dir: &Path) -> (Arc<PreparedSplit>, Arc<PreparedSplit>) {
 }
 
 /// A 1/16-width VGG-A at 32x32 with a 4-class head.
-fn pipeline(dir: &Path, extra: &str) -> Pipeline {
+pub(crate) fn pipeline(dir: &Path, extra: &str) -> Pipeline {
     let text = format!(
         "dataset = \"shapes\"\n[model]\n{}\nclasses = 4\n\
          [loader]\nbatch_size = 16\nprefetch = 2\nthreads = 1\nseed = 3\n\
@@ -57,7 +57,7 @@ fn pipeline(dir: &Path, extra: &str) -> Pipeline {
     Pipeline::load(&path).unwrap()
 }
 
-fn options(
+pub(crate) fn options(
     p: Pipeline,
     data: &(Arc<PreparedSplit>, Arc<PreparedSplit>),
     out: &Path,
@@ -74,6 +74,8 @@ fn options(
         },
         stop: Cancel::new(),
         lr: None,
+        devices: Vec::new(),
+        group: None,
     }
 }
 
@@ -330,6 +332,7 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
             epochs: 1,
             rank: 0,
             world: 1,
+            uneven: false,
             start_batch: 0,
         },
     )
@@ -337,18 +340,25 @@ fn the_bound_step_session_equals_plain_runs_of_the_step_graph() {
     for b in loader.take(3) {
         let b = b.unwrap();
         let r = bound.step(&b, 0.01, 7).unwrap();
-        // The same step by hand: masks as the session draws them.
-        let masks: Vec<crate::gradients::T> = (0..2)
+        // The same step by hand: masks as the session draws them, per sample from its record.
+        let masks: Vec<crate::gradients::T> = (0..2u64)
             .map(|i| {
-                let mut rng = vgg::util::rng::Rng::new(
-                    7,
-                    vgg::util::rng::Stream::Dropout,
-                    b.epoch,
-                    (b.number * 2 + i) as u64,
-                );
-                let data = (0..16 * config.fc as usize)
-                    .map(|_| if rng.next_f32() < 0.5 { 2.0 } else { 0.0 })
-                    .collect();
+                let mut data = Vec::new();
+                for &record in b.indices() {
+                    let mut rng = vgg::util::rng::Rng::new(
+                        7,
+                        vgg::util::rng::Stream::Dropout,
+                        b.epoch,
+                        record * 2 + i,
+                    );
+                    data.extend((0..config.fc as usize).map(|_| {
+                        if rng.next_f32() < 0.5 {
+                            2.0f32
+                        } else {
+                            0.0
+                        }
+                    }));
+                }
                 crate::gradients::T::new(
                     &format!("dropout{}", 6 + i),
                     &[16, config.fc as i64],

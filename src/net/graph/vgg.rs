@@ -1,6 +1,8 @@
 //! The VGG graphs of one configuration: forward (training input size), dense evaluation (the
-//! fully connected layers as convolutions, any input size) and the training step (forward,
-//! backward and SGD update in one graph), all over one parameter set.
+//! fully connected layers as convolutions, any input size), the training step (forward,
+//! backward and SGD update in one graph), and the same step split in two for data-parallel
+//! training and gradient accumulation (a gradient graph per micro-batch and an update graph
+//! from the summed gradients), all over one parameter set.
 //!
 //! ## Parameters
 //! The parameter layout (names, shapes, torchvision names) is the configuration's: see
@@ -276,27 +278,37 @@ pub fn dense_graph(config: &VggConfig) -> Graph {
     g
 }
 
-/// The training-step graph (see the module documentation for its inputs and outputs).
-pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph, AutodiffError> {
-    let mut g = Graph::new(&format!("vgg-{}-train-step", config.name));
-    g.doc = format!(
-        "VGG configuration {}: one SGD step (forward, backward, update) on a batch of {}",
-        config.name, opts.batch
-    );
-    let n = opts.batch as i64;
-    let params = parameters(config);
-    let x = image_input(&mut g, opts.input, n.into(), (config.input as i64).into());
-    declare_params(&mut g, &params);
-    for p in &params {
+/// The suffix of a gradient tensor (`NAME.grad`) in the gradient and update graphs.
+pub const GRAD: &str = ".grad";
+
+/// Declares a float32 input shaped like parameter `p`, named `p.name + suffix`.
+fn declare_like(g: &mut Graph, params: &[ParamSpec], suffix: &str) {
+    for p in params {
         g.input(
-            &format!("{}{MOMENTUM}", p.name),
+            &format!("{}{suffix}", p.name),
             ElemType::F32,
             p.shape.iter().map(|&d| Dim::Fixed(d)).collect(),
             "",
         );
     }
+}
+
+fn param_dims(p: &ParamSpec) -> Vec<Dim> {
+    p.shape.iter().map(|&d| Dim::Fixed(d)).collect()
+}
+
+/// The batch inputs, forward pass, loss and backward pass shared by the step and gradient
+/// graphs. Returns (loss, top1, top5, one gradient per parameter).
+fn forward_backward(
+    g: &mut Graph,
+    config: &VggConfig,
+    opts: &StepOptions,
+) -> Result<(String, String, String, Vec<String>), AutodiffError> {
+    let n = opts.batch as i64;
+    let params = parameters(config);
+    let x = image_input(g, opts.input, n.into(), (config.input as i64).into());
+    declare_params(g, &params);
     let labels = g.input("labels", ElemType::I64, vec![n.into()], "class indices");
-    let lr = g.input("learning_rate", ElemType::F32, vec![], "");
     let fc = config.fc as i64;
     let m6 = g.input(
         "dropout6",
@@ -310,21 +322,49 @@ pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph,
         vec![n.into(), fc.into()],
         "dropout mask after fc7: 0 or 1/(1-p)",
     );
-
     g.phase = "forward/".into();
-    let f = features(&mut g, config, &x);
-    let logits = classifier(&mut g, &f, Some([&m6, &m7]));
-    let (loss, top1, top5) = loss_and_hits(&mut g, &logits, &labels, config.classes as i64, n);
-
+    let f = features(g, config, &x);
+    let logits = classifier(g, &f, Some([&m6, &m7]));
+    let (loss, top1, top5) = loss_and_hits(g, &logits, &labels, config.classes as i64, n);
     let seed = g.scalar(1.0);
     let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
     g.phase = "backward/".into();
-    let grads = autodiff::backward(&mut g, &[(&loss, &seed)], &names)?;
-    g.phase = "update/".into();
+    let grads = autodiff::backward(g, &[(&loss, &seed)], &names)?;
+    Ok((loss, top1, top5, grads))
+}
 
+/// The loss and hit-count outputs of the step and gradient graphs.
+fn loss_outputs(g: &mut Graph, loss: &str, top1: &str, top5: &str) {
+    g.output(
+        loss,
+        "loss",
+        ElemType::F32,
+        vec![],
+        "mean softmax cross-entropy",
+    );
+    g.output(
+        top1,
+        "top1_correct",
+        ElemType::I64,
+        vec![],
+        "images whose top class is right",
+    );
+    g.output(
+        top5,
+        "top5_correct",
+        ElemType::I64,
+        vec![],
+        "images with the right class in the top 5",
+    );
+}
+
+/// Caffe's SGD update of every parameter from its gradient `grads[i]` (already the batch
+/// mean) and learning rate `lr`: outputs `NAME.next` and `NAME.momentum.next`.
+fn sgd_update(g: &mut Graph, params: &[ParamSpec], grads: &[String], lr: &str, opts: &StepOptions) {
+    g.phase = "update/".into();
     let momentum = g.scalar(opts.momentum);
     let wd = g.scalar(opts.weight_decay);
-    for (p, grad) in params.iter().zip(&grads) {
+    for (p, grad) in params.iter().zip(grads) {
         let decays = opts.weight_decay != 0.0 && (p.kind == ParamKind::Weight || opts.decay_biases);
         let grad = if decays {
             let d = g.op("Mul", &[&p.name, &wd], &[]);
@@ -334,7 +374,7 @@ pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph,
         };
         let v = format!("{}{MOMENTUM}", p.name);
         let mv = g.op("Mul", &[&v, &momentum], &[]);
-        let step = g.op("Mul", &[&grad, &lr], &[]);
+        let step = g.op("Mul", &[&grad, lr], &[]);
         let v_next = g.op_named(&format!("{v}{NEXT}"), "Sub", &[&mv, &step], &[]);
         let w_next = g.op_named(
             &format!("{}{NEXT}", p.name),
@@ -342,32 +382,105 @@ pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph,
             &[&p.name, &v_next],
             &[],
         );
-        let dims: Vec<Dim> = p.shape.iter().map(|&d| Dim::Fixed(d)).collect();
-        g.output(&w_next, &w_next, ElemType::F32, dims.clone(), "");
-        g.output(&v_next, &v_next, ElemType::F32, dims, "");
+        g.output(&w_next, &w_next, ElemType::F32, param_dims(p), "");
+        g.output(&v_next, &v_next, ElemType::F32, param_dims(p), "");
     }
-    g.output(
-        &loss,
-        "loss",
+}
+
+/// The training-step graph (see the module documentation for its inputs and outputs).
+pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph, AutodiffError> {
+    let mut g = Graph::new(&format!("vgg-{}-train-step", config.name));
+    g.doc = format!(
+        "VGG configuration {}: one SGD step (forward, backward, update) on a batch of {}",
+        config.name, opts.batch
+    );
+    let params = parameters(config);
+    let (loss, top1, top5, grads) = forward_backward(&mut g, config, opts)?;
+    declare_like(&mut g, &params, MOMENTUM);
+    let lr = g.input("learning_rate", ElemType::F32, vec![], "");
+    sgd_update(&mut g, &params, &grads, &lr, opts);
+    loss_outputs(&mut g, &loss, &top1, &top5);
+    Ok(g)
+}
+
+/// The gradient graph of data-parallel training and gradient accumulation: the step graph's
+/// batch inputs and parameters in, `loss`, `top1_correct`, `top5_correct` and one gradient
+/// per parameter (`NAME.grad.next`, of this micro-batch's mean loss) out; no update.
+///
+/// With `accumulate`, it also takes the running sums `NAME.grad` and a scalar `keep` (0 or 1)
+/// and writes `keep * NAME.grad + gradient`, so K micro-batches sum their gradients on the
+/// device without another pass (`keep = 0` starts a new sum whatever the buffer holds, as
+/// long as it is finite).
+pub fn gradient_graph(
+    config: &VggConfig,
+    opts: &StepOptions,
+    accumulate: bool,
+) -> Result<Graph, AutodiffError> {
+    let mut g = Graph::new(&format!("vgg-{}-gradient", config.name));
+    g.doc = format!(
+        "VGG configuration {}: forward and backward on a micro-batch of {}{}",
+        config.name,
+        opts.batch,
+        if accumulate {
+            ", gradients added to running sums"
+        } else {
+            ""
+        }
+    );
+    let params = parameters(config);
+    let (loss, top1, top5, grads) = forward_backward(&mut g, config, opts)?;
+    g.phase = "accumulate/".into();
+    let keep = accumulate.then(|| {
+        declare_like(&mut g, &params, GRAD);
+        g.input(
+            "keep",
+            ElemType::F32,
+            vec![],
+            "1 adds to the running sums, 0 starts new ones",
+        )
+    });
+    for (p, grad) in params.iter().zip(&grads) {
+        let out = format!("{}{GRAD}{NEXT}", p.name);
+        let sum = match &keep {
+            Some(keep) => {
+                let kept = g.op("Mul", &[&format!("{}{GRAD}", p.name), keep], &[]);
+                g.op_named(&out, "Add", &[&kept, grad], &[])
+            }
+            None => grad.clone(),
+        };
+        g.output(&sum, &out, ElemType::F32, param_dims(p), "");
+    }
+    loss_outputs(&mut g, &loss, &top1, &top5);
+    Ok(g)
+}
+
+/// The update graph: parameters, momenta, summed gradients `NAME.grad`, `learning_rate` and
+/// `grad_scale` (1 / the number of summed micro-batch gradients, so that `grad_scale *
+/// NAME.grad` is the whole batch's mean gradient) in; `NAME.next` and `NAME.momentum.next`
+/// out, by the same rule as the step graph.
+pub fn update_graph(config: &VggConfig, opts: &StepOptions) -> Graph {
+    let mut g = Graph::new(&format!("vgg-{}-update", config.name));
+    g.doc = format!(
+        "VGG configuration {}: the SGD update from summed gradients",
+        config.name
+    );
+    let params = parameters(config);
+    declare_params(&mut g, &params);
+    declare_like(&mut g, &params, MOMENTUM);
+    declare_like(&mut g, &params, GRAD);
+    let lr = g.input("learning_rate", ElemType::F32, vec![], "");
+    let scale = g.input(
+        "grad_scale",
         ElemType::F32,
         vec![],
-        "mean softmax cross-entropy",
+        "1 / the number of micro-batch gradients summed",
     );
-    g.output(
-        &top1,
-        "top1_correct",
-        ElemType::I64,
-        vec![],
-        "images whose top class is right",
-    );
-    g.output(
-        &top5,
-        "top5_correct",
-        ElemType::I64,
-        vec![],
-        "images with the right class in the top 5",
-    );
-    Ok(g)
+    let grads: Vec<String> = params
+        .iter()
+        .map(|p| g.op("Mul", &[&format!("{}{GRAD}", p.name), &scale], &[]))
+        .collect();
+    sgd_update(&mut g, &params, &grads, &lr, opts);
+    g
 }
 
 /// Mean softmax cross-entropy, with LogSoftmax and a one-hot built from `Equal` (both providers

@@ -1,0 +1,526 @@
+//! The data-parallel training step of the paper's Section 3.3: every batch split over several
+//! replicas (devices in this process, and processes), each replica's gradients computed in
+//! parallel, summed, and the same update applied everywhere, "so the result is exactly the
+//! same as when training on a single GPU" (to float rounding); and gradient accumulation,
+//! which splits each replica's share into K micro-batches run one after the other, so a
+//! device that cannot hold the paper's batch of 256 still trains with it.
+//!
+//! Per replica: a gradient session (the gradient graph of one micro-batch; with K > 1 it adds
+//! into a running sum on the device, two sums alternating as in the step's parameter sets),
+//! and an update session (the update graph), over two parameter-and-momentum sets like
+//! [`super::step::StepSession`]. Which images a replica gets: the process's batch is cut into
+//! `replicas x K` consecutive micro-batches, replica `r` taking micro-batches `r*K..(r+1)*K`.
+//! Each image's augmentation and dropout mask derive from its record index, so the global batch
+//! is the same whatever the split, and the device count may change on resume.
+//!
+//! Summation order is fixed, so every replica and process gets the same bits: replicas in
+//! order within a process, then processes in rank order ([`crate::dist`]'s all-reduce). CPU
+//! replicas sum in host memory (into replica 0's buffer, which every update then reads); CUDA
+//! replicas on one device sum through the host; CUDA replicas on distinct devices use NCCL.
+
+use std::time::Instant;
+
+use ort::session::{IoBinding, Session};
+use ort::value::Tensor;
+use rayon::prelude::*;
+
+use super::step::{
+    allocate, check_counts, device_allocator, download_into, download_set, host_scalar, ort_err,
+    state_names, state_sets, upload, HostInputs, LossOutputs, StepResult,
+};
+use super::TrainError;
+use crate::config::model::{parameters, ParamSpec, VggConfig};
+use crate::data::loader::Batch;
+use crate::net::checkpoint::NamedTensor;
+use crate::net::graph::vgg::{self as graphs, StepOptions, GRAD, NEXT};
+use crate::net::session::{self, Device, SessionSettings};
+
+/// Sums across processes: the host all-reduce of a process group (one per process, rank order).
+pub trait CrossProcess: Send {
+    /// This process's rank and the number of processes.
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Replaces `data` with its sum over all processes, identical bits on every rank.
+    fn all_reduce_f32(&mut self, data: &mut [f32]) -> Result<(), TrainError>;
+    fn all_reduce_f64(&mut self, data: &mut [f64]) -> Result<(), TrainError>;
+    /// Rank 0's `bytes` on every rank.
+    fn broadcast(&mut self, bytes: &mut Vec<u8>) -> Result<(), TrainError>;
+}
+
+/// How the step is split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParallelOptions {
+    /// One replica per entry (a device may repeat).
+    pub devices: Vec<Device>,
+    /// Micro-batches per replica and step.
+    pub accumulate: usize,
+    /// Intra-op threads for all CPU replicas together (0: one per core).
+    pub threads: usize,
+}
+
+struct Replica {
+    device: Device,
+    grad: Session,
+    update: Session,
+    /// `grad_bindings[p * sums + a]`: reads parameter set `p` (and running sum `a`).
+    grad_bindings: Vec<IoBinding>,
+    /// `update_bindings[p]`: reads set `p`, writes set `1 - p`.
+    update_bindings: [IoBinding; 2],
+    sets: [Vec<Tensor<f32>>; 2],
+    /// One gradient set, or two alternating running sums when accumulating.
+    grads: Vec<Vec<Tensor<f32>>>,
+    host: HostInputs,
+    keep: Tensor<f32>,
+    lr: Tensor<f32>,
+    scale: Tensor<f32>,
+    outputs: LossOutputs,
+    current: usize,
+}
+
+/// The data-parallel step.
+pub struct ParallelStep {
+    replicas: Vec<Replica>,
+    k: usize,
+    micro: usize,
+    specs: Vec<ParamSpec>,
+    dropout: f32,
+    crop: usize,
+    /// The set holding a step's final gradient sum.
+    last: usize,
+    group: Option<Box<dyn CrossProcess>>,
+    /// Host staging for replicas not on the CPU.
+    staging: Vec<Vec<f32>>,
+    /// Seconds spent summing gradients (local and across processes) since creation.
+    pub reduce_seconds: f64,
+}
+
+impl ParallelStep {
+    /// Compiles the gradient and update graphs on every device and uploads `params` and
+    /// `momenta` to each. `opts.batch` is this process's share of the global batch; it must
+    /// split into `devices.len() x accumulate` equal micro-batches.
+    pub fn new(
+        config: &VggConfig,
+        opts: &StepOptions,
+        dropout: f32,
+        params: &[NamedTensor],
+        momenta: &[NamedTensor],
+        parallel: &ParallelOptions,
+        group: Option<Box<dyn CrossProcess>>,
+    ) -> Result<Self, TrainError> {
+        let specs = parameters(config);
+        check_counts(&specs, params, momenta)?;
+        let r = parallel.devices.len();
+        let k = parallel.accumulate;
+        if r == 0 || k == 0 || opts.batch % (r * k) != 0 || opts.batch < r * k {
+            return Err(TrainError::Setup(format!(
+                "a batch of {} does not split into {r} replica(s) x {k} micro-batch(es) of equal size",
+                opts.batch
+            )));
+        }
+        let micro = opts.batch / (r * k);
+        let micro_opts = StepOptions {
+            batch: micro,
+            ..opts.clone()
+        };
+        let grad_graph = graphs::gradient_graph(config, &micro_opts, k > 1)?;
+        let update_graph = graphs::update_graph(config, opts);
+        let cpu_replicas = parallel
+            .devices
+            .iter()
+            .filter(|d| **d == Device::Cpu)
+            .count();
+        let threads = if parallel.threads > 0 {
+            parallel.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        };
+        let per_cpu = (threads / cpu_replicas.max(1)).max(1);
+        let crop = config.input as usize;
+        let sums = if k > 1 { 2 } else { 1 };
+        let shapes: Vec<Vec<usize>> = params.iter().map(|t| t.shape.clone()).collect();
+        let mut replicas = Vec::with_capacity(r);
+        for &device in &parallel.devices {
+            let settings = SessionSettings {
+                device,
+                threads: if device == Device::Cpu { per_cpu } else { 0 },
+            };
+            let grad = session::build(&grad_graph, &settings)?;
+            let update = session::build(&update_graph, &settings)?;
+            let alloc = device_allocator(&grad, device)?;
+            let sets = state_sets(&alloc, params, momenta, device)?;
+            let mut grads = Vec::with_capacity(sums);
+            for _ in 0..sums {
+                let mut set = allocate(&alloc, &shapes)?;
+                // A running sum is multiplied by 0 to start: it must hold finite values.
+                for (t, s) in set.iter_mut().zip(&specs) {
+                    upload(t, &vec![0.0; s.numel()], device)?;
+                }
+                grads.push(set);
+            }
+            let b = |s: &Session| s.create_binding().map_err(ort_err("binding"));
+            replicas.push(Replica {
+                device,
+                grad_bindings: (0..2 * sums).map(|_| b(&grad)).collect::<Result<_, _>>()?,
+                update_bindings: [b(&update)?, b(&update)?],
+                grad,
+                update,
+                sets,
+                grads,
+                host: HostInputs::new(opts.input, micro, crop, config.fc as usize)?,
+                keep: host_scalar(0.0)?,
+                lr: host_scalar(0.0)?,
+                scale: host_scalar(1.0)?,
+                outputs: LossOutputs::new()?,
+                current: 0,
+            });
+        }
+        let last = if k > 1 { k % 2 } else { 0 };
+        let staging = if parallel.devices.iter().any(|d| *d != Device::Cpu) {
+            specs.iter().map(|s| vec![0f32; s.numel()]).collect()
+        } else {
+            Vec::new()
+        };
+        let mut me = ParallelStep {
+            replicas,
+            k,
+            micro,
+            specs,
+            dropout,
+            crop,
+            last,
+            group,
+            staging,
+            reduce_seconds: 0.0,
+        };
+        me.bind()?;
+        Ok(me)
+    }
+
+    fn bind(&mut self) -> Result<(), TrainError> {
+        let names: Vec<String> = self.specs.iter().map(|p| p.name.clone()).collect();
+        let state = state_names(&self.specs);
+        let e = ort_err("bind");
+        let sums = self.replicas[0].grads.len();
+        let last = self.last;
+        let all_cpu = self.replicas.iter().all(|r| r.device == Device::Cpu);
+        // CPU replicas all update from replica 0's final sum (the host reduction writes there).
+        let (first, rest) = self.replicas.split_at_mut(1);
+        let shared = &first[0].grads[last];
+        for rep in rest.iter_mut() {
+            if all_cpu {
+                for binding in &mut rep.update_bindings {
+                    for (name, t) in names.iter().zip(shared) {
+                        binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
+                    }
+                }
+            }
+        }
+        for (i, rep) in self.replicas.iter_mut().enumerate() {
+            let Replica {
+                grad_bindings,
+                update_bindings,
+                sets,
+                grads,
+                outputs,
+                ..
+            } = rep;
+            for p in 0..2 {
+                for a in 0..sums {
+                    let binding = &mut grad_bindings[p * sums + a];
+                    for (name, t) in names.iter().zip(&sets[p]) {
+                        binding.bind_input(name.as_str(), t).map_err(&e)?;
+                    }
+                    let (read, write) = if sums == 1 {
+                        (None, 0)
+                    } else {
+                        (Some(a), 1 - a)
+                    };
+                    if let Some(read) = read {
+                        for (name, t) in names.iter().zip(&grads[read]) {
+                            binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
+                        }
+                    }
+                    for (name, t) in names.iter().zip(grads[write].iter_mut()) {
+                        binding
+                            .bind_output(format!("{name}{GRAD}{NEXT}"), t)
+                            .map_err(&e)?;
+                    }
+                    outputs.bind(binding)?;
+                }
+            }
+            let [set0, set1] = sets;
+            for (p, binding) in update_bindings.iter_mut().enumerate() {
+                let (read, write) = if p == 0 {
+                    (&*set0, &mut *set1)
+                } else {
+                    (&*set1, &mut *set0)
+                };
+                for (name, t) in state.iter().zip(read.iter()) {
+                    binding.bind_input(name.as_str(), t).map_err(&e)?;
+                }
+                for (name, t) in state.iter().zip(write.iter_mut()) {
+                    binding
+                        .bind_output(format!("{name}{NEXT}"), t)
+                        .map_err(&e)?;
+                }
+                if i == 0 || !all_cpu {
+                    for (name, t) in names.iter().zip(&grads[last]) {
+                        binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Images per step in this process.
+    pub fn batch_size(&self) -> usize {
+        self.replicas.len() * self.k * self.micro
+    }
+
+    /// Replicas in this process.
+    pub fn replicas(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// One SGD step on `batch` (this process's share of the global batch, full).
+    pub fn step(&mut self, batch: &Batch, lr: f32, seed: u64) -> Result<StepResult, TrainError> {
+        Ok(self.step_and_vote(batch, lr, seed, false)?.0)
+    }
+
+    /// The process group, if any.
+    pub fn group(&mut self) -> Option<&mut Box<dyn CrossProcess>> {
+        self.group.as_mut()
+    }
+
+    /// [`ParallelStep::step`], also telling the other processes whether this one was asked to
+    /// stop; returns whether any was (so that all stop after the same step).
+    pub fn step_and_vote(
+        &mut self,
+        batch: &Batch,
+        lr: f32,
+        seed: u64,
+        stop: bool,
+    ) -> Result<(StepResult, bool), TrainError> {
+        let n = self.batch_size();
+        if batch.len() != n {
+            return Err(TrainError::Mismatch(format!(
+                "a batch of {} images for a step of {n}",
+                batch.len()
+            )));
+        }
+        let (k, micro, dropout) = (self.k, self.micro, self.dropout);
+        let sums = self.replicas[0].grads.len();
+        // Gradients, replicas in parallel, micro-batches one after the other.
+        let results: Vec<Result<(f64, i64, i64), TrainError>> = std::thread::scope(|s| {
+            let mut handles = Vec::new();
+            let mut reps = self.replicas.iter_mut().enumerate();
+            let (_, first) = reps.next().expect("at least one replica");
+            for (i, rep) in reps {
+                handles
+                    .push(s.spawn(move || rep.gradients(batch, i, k, micro, sums, seed, dropout)));
+            }
+            let mut out = vec![first.gradients(batch, 0, k, micro, sums, seed, dropout)];
+            out.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("replica thread")),
+            );
+            out
+        });
+        let mut totals = [0f64, 0.0, 0.0, if stop { 1.0 } else { 0.0 }];
+        for r in results {
+            let (loss, t1, t5) = r?;
+            totals[0] += loss;
+            totals[1] += t1 as f64;
+            totals[2] += t5 as f64;
+        }
+        let started = Instant::now();
+        self.reduce()?;
+        let mut world = 1;
+        if let Some(g) = self.group.as_mut() {
+            g.all_reduce_f64(&mut totals)?;
+            world = g.world();
+        }
+        self.reduce_seconds += started.elapsed().as_secs_f64();
+        let parts = (world * self.replicas.len() * k) as f32;
+        let updates: Vec<Result<(), TrainError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .replicas
+                .iter_mut()
+                .map(|rep| s.spawn(move || rep.apply(lr, 1.0 / parts)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("replica thread"))
+                .collect()
+        });
+        for u in updates {
+            u?;
+        }
+        let images = (world * n) as f64;
+        let result = StepResult {
+            loss: (totals[0] / images) as f32,
+            top1_correct: totals[1] as i64,
+            top5_correct: totals[2] as i64,
+        };
+        Ok((result, totals[3] > 0.0))
+    }
+
+    /// Sums the replicas' final gradient sums into every replica's (or, on the CPU, into
+    /// replica 0's, which every update reads), then across processes.
+    fn reduce(&mut self) -> Result<(), TrainError> {
+        let last = self.last;
+        let all_cpu = self.replicas.iter().all(|r| r.device == Device::Cpu);
+        if all_cpu {
+            let (first, rest) = self.replicas.split_at_mut(1);
+            for t in 0..self.specs.len() {
+                let acc = first[0].grads[last][t].extract_tensor_mut().1;
+                for rep in rest.iter() {
+                    let x = rep.grads[last][t].extract_tensor().1;
+                    add_into(acc, x);
+                }
+                if let Some(g) = self.group.as_mut() {
+                    g.all_reduce_f32(acc)?;
+                }
+            }
+            return Ok(());
+        }
+        if self.replicas.len() == 1 && self.group.is_none() {
+            return Ok(());
+        }
+        // Through the host: download in replica order, sum, reduce across processes, upload.
+        let mut part = Vec::new();
+        for t in 0..self.specs.len() {
+            let acc = &mut self.staging[t];
+            for (i, rep) in self.replicas.iter().enumerate() {
+                if i == 0 {
+                    download_into(&rep.grads[last][t], acc, rep.device)?;
+                } else {
+                    part.resize(acc.len(), 0.0);
+                    download_into(&rep.grads[last][t], &mut part, rep.device)?;
+                    add_into(acc, &part);
+                }
+            }
+            if let Some(g) = self.group.as_mut() {
+                g.all_reduce_f32(acc)?;
+            }
+            for rep in &mut self.replicas {
+                upload(&mut rep.grads[last][t], acc, rep.device)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the current parameters and momenta (replica 0's) to the host.
+    pub fn download(&self) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>), TrainError> {
+        let r = &self.replicas[0];
+        download_set(&r.sets[r.current], &self.specs, r.device)
+    }
+
+    /// Replica 0's current parameters, on its device (for validation).
+    pub fn params(&self) -> &[Tensor<f32>] {
+        let r = &self.replicas[0];
+        &r.sets[r.current][..self.specs.len()]
+    }
+
+    /// A checksum of every replica's current parameters and momenta, in replica order; they
+    /// are equal while the replicas are in step.
+    pub fn checksums(&self) -> Result<Vec<u64>, TrainError> {
+        let mut out = Vec::new();
+        for r in &self.replicas {
+            let mut h = Fnv::default();
+            let mut buf = Vec::new();
+            for t in &r.sets[r.current] {
+                buf.resize(t.shape().iter().product::<i64>() as usize, 0.0);
+                download_into(t, &mut buf, r.device)?;
+                h.write(bytemuck::cast_slice(&buf));
+            }
+            out.push(h.0);
+        }
+        Ok(out)
+    }
+
+    /// The crop side the step expects.
+    pub fn crop(&self) -> usize {
+        self.crop
+    }
+}
+
+impl Replica {
+    /// Runs this replica's K micro-batches; returns (loss summed over images, top-1, top-5).
+    #[allow(clippy::too_many_arguments)]
+    fn gradients(
+        &mut self,
+        batch: &Batch,
+        index: usize,
+        k: usize,
+        micro: usize,
+        sums: usize,
+        seed: u64,
+        dropout: f32,
+    ) -> Result<(f64, i64, i64), TrainError> {
+        let (mut loss, mut t1, mut t5) = (0f64, 0i64, 0i64);
+        for j in 0..k {
+            self.host
+                .fill(batch, (index * k + j) * micro, seed, dropout)?;
+            let binding = &mut self.grad_bindings[self.current * sums + j % sums];
+            self.host.bind(binding)?;
+            if sums > 1 {
+                self.keep.extract_tensor_mut().1[0] = if j == 0 { 0.0 } else { 1.0 };
+                binding
+                    .bind_input("keep", &self.keep)
+                    .map_err(ort_err("bind"))?;
+            }
+            self.grad
+                .run_binding(binding)
+                .map_err(ort_err("gradient step"))?;
+            let r = self.outputs.read();
+            loss += r.loss as f64 * micro as f64;
+            t1 += r.top1_correct;
+            t5 += r.top5_correct;
+        }
+        Ok((loss, t1, t5))
+    }
+
+    /// The update from the summed gradients, `scale` making them the batch mean.
+    fn apply(&mut self, lr: f32, scale: f32) -> Result<(), TrainError> {
+        self.lr.extract_tensor_mut().1[0] = lr;
+        self.scale.extract_tensor_mut().1[0] = scale;
+        let binding = &mut self.update_bindings[self.current];
+        let e = ort_err("bind");
+        binding.bind_input("learning_rate", &self.lr).map_err(&e)?;
+        binding.bind_input("grad_scale", &self.scale).map_err(&e)?;
+        self.update
+            .run_binding(binding)
+            .map_err(ort_err("update step"))?;
+        self.current = 1 - self.current;
+        Ok(())
+    }
+}
+
+/// `acc += x`, element-wise (in parallel for large tensors; the same bits either way).
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    const CHUNK: usize = 1 << 16;
+    acc.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+}
+
+/// FNV-1a, enough to tell two parameter sets apart.
+pub(super) struct Fnv(pub(super) u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Fnv(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub(super) fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= b as u64;
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
