@@ -2,6 +2,8 @@
 //! augmentation pipeline and, in the same run on the same records and threads, plain decoding,
 //! so the figure that matters is a ratio that survives a noisy shared machine.
 
+use crate::train::engine::Engine;
+use crate::train::parallel::ParallelOptions;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -195,17 +197,26 @@ pub struct TrainBenchReport {
     pub limited_by: String,
     /// Loop throughput over the slower part's throughput (1.0: no overhead from running both).
     pub efficiency: f64,
+    /// Data-parallel replicas and micro-batches per replica.
+    pub replicas: usize,
+    pub accumulate: usize,
+    /// Share of the step-alone time spent summing gradients across replicas (0 for the fused
+    /// step).
+    pub reduce_share: f64,
+    /// With replicas or accumulation: the fused step of one replica on the first device, in the
+    /// same run, and the split step's throughput over it.
+    pub one_replica_step_images_per_sec: Option<f64>,
+    pub ratio_to_one_replica: Option<f64>,
 }
 
 /// Times `steps` training steps three ways on the pipeline's network (see [`TrainBenchReport`]).
 pub fn train_bench(
     p: &Pipeline,
     split: Arc<PreparedSplit>,
-    session: &crate::net::session::SessionSettings,
+    parallel: &ParallelOptions,
     steps: usize,
     cancel: &Cancel,
 ) -> Result<TrainBenchReport, BenchError> {
-    use crate::train::step::StepSession;
     let config = crate::train::run::network(p)?;
     let (settings, opts) = crate::train::run::step_setup(p);
     let batch = opts.batch;
@@ -215,15 +226,15 @@ pub fn train_bench(
         settings.seed,
     );
     let momenta = crate::net::init::zero_momenta(&params);
-    let mut step = StepSession::new(
+    let mut step = Engine::new(
         &config,
         &opts,
         p.optimizer.dropout,
         &params,
         &momenta,
-        session,
+        parallel,
+        None,
     )?;
-    drop((params, momenta));
     let loader = |epoch: u64| {
         Loader::new(
             split.clone(),
@@ -240,12 +251,12 @@ pub fn train_bench(
     let mut it = loader(0)?;
     for _ in 0..2 {
         let b = it.next().expect("the loader runs for many epochs")?;
-        step.step(&b, lr, seed)?;
+        step.step(&b, lr, seed, false)?;
     }
     let t = Instant::now();
     for _ in 0..steps {
         let b = it.next().expect("the loader runs for many epochs")?;
-        step.step(&b, lr, seed)?;
+        step.step(&b, lr, seed, false)?;
     }
     let loop_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
     if cancel.is_cancelled() {
@@ -254,12 +265,41 @@ pub fn train_bench(
     // Step alone, on one batch.
     let b = it.next().expect("the loader runs for many epochs")?;
     drop(it);
-    step.step(&b, lr, seed)?;
+    step.step(&b, lr, seed, false)?;
+    let reduce_before = step.reduce_seconds();
     let t = Instant::now();
     for _ in 0..steps {
-        step.step(&b, lr, seed)?;
+        step.step(&b, lr, seed, false)?;
     }
-    let step_ips = (steps * batch) as f64 / t.elapsed().as_secs_f64();
+    let step_seconds = t.elapsed().as_secs_f64();
+    let step_ips = (steps * batch) as f64 / step_seconds;
+    let reduce_share = (step.reduce_seconds() - reduce_before) / step_seconds;
+    drop(step);
+    // The baseline: one replica, no accumulation, on the first device.
+    let one = if parallel.devices.len() > 1 || parallel.accumulate > 1 {
+        let mut fused = Engine::new(
+            &config,
+            &opts,
+            p.optimizer.dropout,
+            &params,
+            &momenta,
+            &ParallelOptions {
+                devices: vec![parallel.devices[0]],
+                accumulate: 1,
+                threads: parallel.threads,
+            },
+            None,
+        )?;
+        fused.step(&b, lr, seed, false)?;
+        let t = Instant::now();
+        for _ in 0..steps {
+            fused.step(&b, lr, seed, false)?;
+        }
+        Some((steps * batch) as f64 / t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+    drop((params, momenta));
     drop(b);
     if cancel.is_cancelled() {
         return Err(BenchError::Interrupted);
@@ -288,5 +328,10 @@ pub fn train_bench(
         loader_images_per_sec: loader_ips,
         limited_by: limited_by.into(),
         efficiency: loop_ips / slower,
+        replicas: parallel.devices.len(),
+        accumulate: parallel.accumulate,
+        reduce_share,
+        one_replica_step_images_per_sec: one,
+        ratio_to_one_replica: one.map(|o| step_ips / o),
     })
 }

@@ -30,6 +30,7 @@ pub mod report;
 pub mod data;
 
 pub mod net;
+pub mod dist;
 
 pub mod eval;
 pub mod train;

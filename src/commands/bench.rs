@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use anyhow::Result;
 
 use vgg::bench::{self, LoaderReport, LoaderRow, TrainBenchReport};
-use vgg::net::session::{Device, SessionSettings};
+use vgg::net::session::Devices;
+use vgg::train::parallel::ParallelOptions;
 use vgg::util::machine::{machine, Machine};
 
 use super::progress::CANCEL;
@@ -25,8 +26,13 @@ enum BenchCommand {
     /// Training throughput: the whole loop (loader + step) and, in the same run, the step alone
     /// and the loader alone, so you see which one limits.
     ///
+    /// With --replicas or --accumulate, the step is the data-parallel one, timed beside the
+    /// fused step of one replica (same run, same batch) and with the share of its time spent
+    /// summing gradients.
+    ///
     /// JSON keys: loop_images_per_sec, step_images_per_sec, loader_images_per_sec, limited_by,
-    /// efficiency, batch, steps, config, machine.
+    /// efficiency, batch, steps, config, replicas, accumulate, reduce_share,
+    /// one_replica_step_images_per_sec, ratio_to_one_replica, machine.
     Train {
         /// Pipeline file with a [model] table.
         pipeline: PathBuf,
@@ -36,10 +42,16 @@ enum BenchCommand {
         /// Timed steps per measurement (after warm-up).
         #[arg(long, default_value_t = 20, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
         steps: u64,
-        /// cpu, cuda or cuda:N.
+        /// cpu, cuda, cuda:N or cuda:0,1,... (as for `vgg train`).
         #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-        device: Device,
-        /// ONNX Runtime intra-op threads (0: one per core).
+        device: Devices,
+        /// Data-parallel replicas (as for `vgg train`).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        replicas: usize,
+        /// Micro-batches per replica and step (default: the pipeline's [training] accumulate).
+        #[arg(long, value_name = "K")]
+        accumulate: Option<usize>,
+        /// ONNX Runtime intra-op threads for all replicas together (0: one per core).
         #[arg(long, default_value_t = 0, value_name = "N")]
         threads: usize,
         #[arg(long)]
@@ -74,20 +86,23 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             dataset,
             steps,
             device,
+            replicas,
+            accumulate,
             threads,
             json,
         } => {
             let d = c.pipeline_data(pipeline, dataset.as_deref())?;
             let (p, name, split) = (&d.pipeline, d.dataset.as_str(), d.train.clone());
-            let session = SessionSettings {
-                device: *device,
+            let parallel = ParallelOptions {
+                devices: device.replicas(*replicas).map_err(anyhow::Error::msg)?,
+                accumulate: accumulate.unwrap_or(p.training.accumulate),
                 threads: *threads,
             };
-            let r = bench::train_bench(p, split, &session, *steps as usize, &CANCEL)?;
+            let r = bench::train_bench(p, split, &parallel, *steps as usize, &CANCEL)?;
             if *json {
                 print_json(&r)?;
             } else {
-                print_train(&r, name, &session);
+                print_train(&r, name, &parallel);
             }
         }
         BenchCommand::Loader {
@@ -136,11 +151,18 @@ fn print_machine(m: &Machine) {
     println!("machine: {} ({} cores, {})", m.cpu, m.cores, m.os);
 }
 
-fn print_train(r: &TrainBenchReport, dataset: &str, session: &SessionSettings) {
+fn print_train(r: &TrainBenchReport, dataset: &str, parallel: &ParallelOptions) {
     print_machine(&r.machine);
+    let devices: Vec<String> = parallel.devices.iter().map(|d| d.to_string()).collect();
     println!(
-        "pipeline {} on {dataset}: network {}, batch {}, {} timed steps, {}",
-        r.pipeline, r.config, r.batch, r.steps, session.device
+        "pipeline {} on {dataset}: network {}, batch {}, {} timed steps, {} replica(s) on {} x {} micro-batch(es)",
+        r.pipeline,
+        r.config,
+        r.batch,
+        r.steps,
+        r.replicas,
+        devices.join(","),
+        r.accumulate
     );
     println!("{:<28} {:>12}", "", "images/s");
     println!(
@@ -149,6 +171,13 @@ fn print_train(r: &TrainBenchReport, dataset: &str, session: &SessionSettings) {
     );
     println!("{:<28} {:>12.1}", "step alone", r.step_images_per_sec);
     println!("{:<28} {:>12.1}", "loader alone", r.loader_images_per_sec);
+    if let (Some(one), Some(ratio)) = (r.one_replica_step_images_per_sec, r.ratio_to_one_replica) {
+        println!("{:<28} {:>12.1}", "one replica, fused step", one);
+        println!(
+            "split step / one replica: {ratio:.2}x; {:.1}% of the split step sums gradients",
+            100.0 * r.reduce_share
+        );
+    }
     println!(
         "limited by the {}; the loop runs at {:.0}% of it",
         r.limited_by,

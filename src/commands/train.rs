@@ -6,8 +6,15 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use std::time::Duration;
 use vgg::data::source::Split;
-use vgg::net::session::{Devices, SessionSettings};
+
+use sha2::{Digest, Sha256};
+use vgg::config::pipeline::Pipeline;
+use vgg::data::store::PreparedSplit;
+use vgg::dist::{Fingerprint, Group, Launch};
+use vgg::net::session::{Device, Devices, SessionSettings};
+use vgg::train::parallel::CrossProcess;
 use vgg::train::{self, Ending, TrainOptions};
 
 use super::progress::CANCEL;
@@ -92,14 +99,20 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     }
     if let Some(k) = a.accumulate {
         anyhow::ensure!(
-            k > 0 && p.loader.batch_size % k == 0,
+            k > 0 && p.loader.batch_size.is_multiple_of(k),
             "--accumulate {k} does not split the batch of {} evenly",
             p.loader.batch_size
         );
         p.training.accumulate = k;
     }
-    let devices = a
-        .device
+    let launch = Launch::from_env()?;
+    let mut device = a.device.clone();
+    if let (Some(l), [Device::Cuda(0)], false) = (&launch, device.list.as_slice(), device.indexed) {
+        // One process per GPU: `cuda` is this process's local GPU.
+        device.list = vec![Device::Cuda(l.local_rank as i32)];
+        device.indexed = true;
+    }
+    let devices = device
         .replicas(a.replicas.unwrap_or(1))
         .map_err(anyhow::Error::msg)?;
     let val = if a.no_val {
@@ -124,6 +137,29 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         );
     }
     let threads = p.training.threads;
+    let group = match &launch {
+        Some(l) => {
+            let fingerprint = fingerprint(&p, &train_split, devices.len(), a.resume)?;
+            if !c.quiet {
+                eprintln!(
+                    "rank {} of {} ({:?}): waiting for the others at {} (up to {} s)",
+                    l.rank,
+                    l.world,
+                    l.launcher,
+                    l.address(),
+                    p.training.sync_timeout
+                );
+            }
+            let g = Group::connect(
+                l,
+                &fingerprint,
+                Duration::from_secs(p.training.sync_timeout),
+            )?;
+            Some(Box::new(g) as Box<dyn CrossProcess>)
+        }
+        None => None,
+    };
+    let rank = launch.as_ref().map_or(0, |l| l.rank);
     let opts = TrainOptions {
         pipeline: p,
         train: train_split,
@@ -137,10 +173,17 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         stop: CANCEL.clone(),
         lr: if a.resume { a.lr } else { None },
         devices,
-        group: None,
+        group,
     };
-    let summary = train::train(opts, &c.bars(a.json))?;
-    if a.json {
+    // Only rank 0 draws progress and prints the summary.
+    let quiet_rank = rank != 0;
+    let summary = if quiet_rank {
+        train::train(opts, &vgg::util::progress::Silent)?
+    } else {
+        train::train(opts, &c.bars(a.json))?
+    };
+    if quiet_rank {
+    } else if a.json {
         print_json(&summary)?;
     } else {
         match summary.ending {
@@ -181,4 +224,38 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What every process of one job must share: the program, the pipeline as loaded (with the
+/// command line's overrides), the training data, the replicas per process and whether the run
+/// resumes. Rank 0 refuses a process whose fingerprint differs, naming the item.
+fn fingerprint(
+    p: &Pipeline,
+    train: &PreparedSplit,
+    replicas: usize,
+    resume: bool,
+) -> Result<Fingerprint> {
+    let hex = |bytes: &[u8]| format!("{:x}", Sha256::digest(bytes));
+    let exe = std::env::current_exe()
+        .and_then(std::fs::read)
+        .unwrap_or_default();
+    let pipeline = serde_json::to_vec(&(
+        &p.dataset,
+        &p.loader,
+        &p.train,
+        &p.model,
+        &p.optimizer,
+        &p.schedule,
+        &p.training,
+    ))?;
+    let manifest = serde_json::to_vec(&train.manifest)?;
+    Ok(Fingerprint::new()
+        .with(
+            "program",
+            format!("vgg {} {}", env!("CARGO_PKG_VERSION"), hex(&exe)),
+        )
+        .with("pipeline", hex(&pipeline))
+        .with("training split", hex(&manifest))
+        .with("replicas per process", replicas.to_string())
+        .with("resume", resume.to_string()))
 }

@@ -216,7 +216,7 @@ pub fn validate(
                 .into(),
         );
     }
-    if t.accumulate == 0 || batch_size % t.accumulate != 0 {
+    if t.accumulate == 0 || !batch_size.is_multiple_of(t.accumulate) {
         return bad(
             "training.accumulate",
             format!(

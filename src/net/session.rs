@@ -146,9 +146,32 @@ pub enum SessionError {
     },
 }
 
+/// Rarer session options: a user compute stream, profiling, TF32.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// The CUDA stream (a `CUstream`) ONNX Runtime's kernels run on, so that another library
+    /// (NCCL) can queue work on the same stream in order with them.
+    pub cuda_stream: Option<*mut std::ffi::c_void>,
+    /// Writes ONNX Runtime's profile (JSON, one event per node run, with its provider) to a
+    /// file starting with this prefix.
+    pub profile: Option<std::path::PathBuf>,
+    /// Allow TF32 in the CUDA provider's convolutions and matrix products (ONNX Runtime's
+    /// default); off for exact comparisons with the CPU.
+    pub no_tf32: bool,
+}
+
 /// Builds a session for `graph`.
 pub fn build(graph: &Graph, settings: &SessionSettings) -> Result<Session, SessionError> {
     build_from_bytes(&graph.encode(), &graph.name, settings)
+}
+
+/// Builds a session for `graph` with [`Extras`].
+pub fn build_with(
+    graph: &Graph,
+    settings: &SessionSettings,
+    extras: &Extras,
+) -> Result<Session, SessionError> {
+    build_from_bytes_with(&graph.encode(), &graph.name, settings, extras)
 }
 
 /// Builds a session for a serialized model; `what` names it in errors.
@@ -156,6 +179,15 @@ pub fn build_from_bytes(
     model: &[u8],
     what: &str,
     settings: &SessionSettings,
+) -> Result<Session, SessionError> {
+    build_from_bytes_with(model, what, settings, &Extras::default())
+}
+
+fn build_from_bytes_with(
+    model: &[u8],
+    what: &str,
+    settings: &SessionSettings,
+    extras: &Extras,
 ) -> Result<Session, SessionError> {
     let env = runtime::init()?;
     let err = |e: ort::Error| SessionError::Build {
@@ -179,12 +211,21 @@ pub fn build_from_bytes(
                 available: info.providers.join(", "),
             });
         }
+        let mut cuda = CUDA::default().with_device_id(id);
+        if let Some(stream) = extras.cuda_stream {
+            // SAFETY: the caller keeps the stream alive for the session's lifetime (it is owned
+            // next to the session, see train::parallel).
+            cuda = unsafe { cuda.with_compute_stream(stream.cast()) };
+        }
+        if extras.no_tf32 {
+            cuda = cuda.with_tf32(false);
+        }
         builder = builder
-            .with_execution_providers([CUDA::default()
-                .with_device_id(id)
-                .build()
-                .error_on_failure()])
+            .with_execution_providers([cuda.build().error_on_failure()])
             .map_err(|e| err(e.into()))?;
+    }
+    if let Some(prefix) = &extras.profile {
+        builder = builder.with_profiling(prefix).map_err(|e| err(e.into()))?;
     }
     builder.commit_from_memory(model).map_err(err)
 }

@@ -1,14 +1,17 @@
 //! `vgg train`: the paper's training protocol on ONNX Runtime.
 //!
 //! - [`step`]: the training-step session, parameters kept inside ONNX Runtime;
+//! - [`parallel`]: the step split over replicas, processes and micro-batches;
+//! - [`engine`]: which of the two a run uses;
 //! - [`schedule`]: the learning-rate schedule's state;
 //! - [`metrics`]: `metrics.jsonl` and the plots;
 //! - [`run`]: the loop that ties them to the loader, with checkpoints and resume.
 
+pub mod engine;
 pub mod metrics;
+pub mod parallel;
 pub mod run;
 pub mod schedule;
-pub mod parallel;
 pub mod step;
 
 pub use run::{epoch_line, train, Ending, TrainOptions, TrainState, TrainSummary};
@@ -37,6 +40,9 @@ pub enum TrainError {
     Checkpoint(#[from] crate::net::checkpoint::CheckpointError),
     #[error(transparent)]
     Loader(#[from] crate::data::loader::LoaderError),
+    /// The other processes or the collective (NCCL, the host all-reduce).
+    #[error(transparent)]
+    Dist(#[from] crate::dist::DistError),
     #[error(transparent)]
     Metrics(#[from] metrics::MetricsError),
     #[error("{path}: {source}")]

@@ -16,7 +16,12 @@
 //! Summation order is fixed, so every replica and process gets the same bits: replicas in
 //! order within a process, then processes in rank order ([`crate::dist`]'s all-reduce). CPU
 //! replicas sum in host memory (into replica 0's buffer, which every update then reads); CUDA
-//! replicas on one device sum through the host; CUDA replicas on distinct devices use NCCL.
+//! replicas on one device sum through the host; CUDA replicas on distinct devices (in this
+//! process and in the others) use NCCL: the gradients are summed in place in the buffers the
+//! gradient session wrote, on the stream ONNX Runtime computes on (handed to its CUDA provider
+//! as the user compute stream), so they never go through the host. **The NCCL path has not
+//! run on a GPU**; the host paths are tested on the CPU, and `scripts/gpu-check.sh` checks the
+//! one-device cases where a GPU is at hand.
 
 use std::time::Instant;
 
@@ -31,9 +36,10 @@ use super::step::{
 use super::TrainError;
 use crate::config::model::{parameters, ParamSpec, VggConfig};
 use crate::data::loader::Batch;
+use crate::dist::nccl::{self, Nccl};
 use crate::net::checkpoint::NamedTensor;
 use crate::net::graph::vgg::{self as graphs, StepOptions, GRAD, NEXT};
-use crate::net::session::{self, Device, SessionSettings};
+use crate::net::session::{self, Device, Extras, SessionSettings};
 
 /// Sums across processes: the host all-reduce of a process group (one per process, rank order).
 pub trait CrossProcess: Send {
@@ -45,6 +51,25 @@ pub trait CrossProcess: Send {
     fn all_reduce_f64(&mut self, data: &mut [f64]) -> Result<(), TrainError>;
     /// Rank 0's `bytes` on every rank.
     fn broadcast(&mut self, bytes: &mut Vec<u8>) -> Result<(), TrainError>;
+}
+
+/// The TCP process group of [`crate::dist`] (rendezvous through rank 0, sums in rank order).
+impl CrossProcess for crate::dist::Group {
+    fn rank(&self) -> usize {
+        crate::dist::Group::rank(self)
+    }
+    fn world(&self) -> usize {
+        crate::dist::Group::world(self)
+    }
+    fn all_reduce_f32(&mut self, data: &mut [f32]) -> Result<(), TrainError> {
+        Ok(self.all_reduce_sum_f32(data)?)
+    }
+    fn all_reduce_f64(&mut self, data: &mut [f64]) -> Result<(), TrainError> {
+        Ok(self.all_reduce_sum_f64(data)?)
+    }
+    fn broadcast(&mut self, bytes: &mut Vec<u8>) -> Result<(), TrainError> {
+        Ok(crate::dist::Group::broadcast(self, bytes)?)
+    }
 }
 
 /// How the step is split.
@@ -90,6 +115,8 @@ pub struct ParallelStep {
     group: Option<Box<dyn CrossProcess>>,
     /// Host staging for replicas not on the CPU.
     staging: Vec<Vec<f32>>,
+    /// One communicator per replica when the replicas are distinct CUDA devices.
+    nccl: Vec<Nccl>,
     /// Seconds spent summing gradients (local and across processes) since creation.
     pub reduce_seconds: f64,
 }
@@ -111,7 +138,7 @@ impl ParallelStep {
         check_counts(&specs, params, momenta)?;
         let r = parallel.devices.len();
         let k = parallel.accumulate;
-        if r == 0 || k == 0 || opts.batch % (r * k) != 0 || opts.batch < r * k {
+        if r == 0 || k == 0 || !opts.batch.is_multiple_of(r * k) || opts.batch < r * k {
             return Err(TrainError::Setup(format!(
                 "a batch of {} does not split into {r} replica(s) x {k} micro-batch(es) of equal size",
                 opts.batch
@@ -122,6 +149,8 @@ impl ParallelStep {
             batch: micro,
             ..opts.clone()
         };
+        let mut group = group;
+        let nccl = nccl_for(&parallel.devices, group.as_deref_mut())?;
         let grad_graph = graphs::gradient_graph(config, &micro_opts, k > 1)?;
         let update_graph = graphs::update_graph(config, opts);
         let cpu_replicas = parallel
@@ -139,13 +168,17 @@ impl ParallelStep {
         let sums = if k > 1 { 2 } else { 1 };
         let shapes: Vec<Vec<usize>> = params.iter().map(|t| t.shape.clone()).collect();
         let mut replicas = Vec::with_capacity(r);
-        for &device in &parallel.devices {
+        for (i, &device) in parallel.devices.iter().enumerate() {
             let settings = SessionSettings {
                 device,
                 threads: if device == Device::Cpu { per_cpu } else { 0 },
             };
-            let grad = session::build(&grad_graph, &settings)?;
-            let update = session::build(&update_graph, &settings)?;
+            let extras = Extras {
+                cuda_stream: nccl.get(i).map(|c| c.stream_ptr()),
+                ..Default::default()
+            };
+            let grad = session::build_with(&grad_graph, &settings, &extras)?;
+            let update = session::build_with(&update_graph, &settings, &extras)?;
             let alloc = device_allocator(&grad, device)?;
             let sets = state_sets(&alloc, params, momenta, device)?;
             let mut grads = Vec::with_capacity(sums);
@@ -190,6 +223,7 @@ impl ParallelStep {
             last,
             group,
             staging,
+            nccl,
             reduce_seconds: 0.0,
         };
         me.bind()?;
@@ -389,6 +423,27 @@ impl ParallelStep {
         if self.replicas.len() == 1 && self.group.is_none() {
             return Ok(());
         }
+        if !self.nccl.is_empty() {
+            // In place on every device, all tensors in one NCCL group, queued on the streams
+            // the gradient sessions computed on and the update sessions will read from.
+            nccl::group_start()?;
+            let mut result = Ok(());
+            'all: for (rep, comm) in self.replicas.iter_mut().zip(&self.nccl) {
+                for t in rep.grads[last].iter_mut() {
+                    let count = t.shape().iter().product::<i64>() as usize;
+                    let ptr = t.data_ptr_mut() as *mut f32;
+                    // SAFETY: `t` is an ONNX Runtime allocation of `count` f32 on the
+                    // communicator's device, alive as long as the replica; every rank and
+                    // replica makes the same calls in the same order.
+                    if let Err(e) = unsafe { comm.all_reduce_sum_f32_in_place(ptr, count) } {
+                        result = Err(e);
+                        break 'all;
+                    }
+                }
+            }
+            nccl::group_end()?;
+            return result.map_err(TrainError::from);
+        }
         // Through the host: download in replica order, sum, reduce across processes, upload.
         let mut part = Vec::new();
         for t in 0..self.specs.len() {
@@ -496,6 +551,53 @@ impl Replica {
             .map_err(ort_err("update step"))?;
         self.current = 1 - self.current;
         Ok(())
+    }
+}
+
+/// NCCL communicators for `devices` when they are distinct CUDA devices and there is
+/// something to sum (several replicas or processes); none otherwise (the host sums).
+/// Ranks: process `p` of `P` with `R` replicas holds NCCL ranks `p*R .. (p+1)*R` of `P*R`.
+fn nccl_for(
+    devices: &[Device],
+    group: Option<&mut (dyn CrossProcess + 'static)>,
+) -> Result<Vec<Nccl>, TrainError> {
+    let ids: Vec<usize> = devices
+        .iter()
+        .filter_map(|d| match d {
+            Device::Cuda(i) => Some(*i as usize),
+            Device::Cpu => None,
+        })
+        .collect();
+    let mut distinct = ids.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if ids.len() != devices.len() || distinct.len() != ids.len() {
+        return Ok(Vec::new());
+    }
+    let r = ids.len();
+    match group {
+        None if r == 1 => Ok(Vec::new()),
+        None => Ok(Nccl::for_devices(&ids)?),
+        Some(g) => {
+            let (rank, world) = (g.rank(), g.world());
+            let mut id = if rank == 0 {
+                nccl::unique_id()?.to_vec()
+            } else {
+                Vec::new()
+            };
+            g.broadcast(&mut id)?;
+            let id: [u8; nccl::UNIQUE_ID_BYTES] = id.try_into().map_err(|_| {
+                TrainError::Setup("rank 0 sent an NCCL id of the wrong size".into())
+            })?;
+            nccl::group_start()?;
+            let comms: Result<Vec<Nccl>, _> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, &d)| Nccl::init(d, rank * r + i, world * r, &id))
+                .collect();
+            nccl::group_end()?;
+            Ok(comms?)
+        }
     }
 }
 

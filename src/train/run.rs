@@ -27,10 +27,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::engine::Engine;
 use super::metrics::{self, EpochRecord, MetricsLog, Record, StepRecord};
-use super::parallel::{CrossProcess, ParallelOptions, ParallelStep};
+use super::parallel::{CrossProcess, ParallelOptions};
 use super::schedule::{Decision, ScheduleState};
-use super::step::{StepResult, StepSession};
 use super::TrainError;
 use crate::config::model::VggConfig;
 use crate::config::pipeline::{OutputKind, Pipeline};
@@ -81,58 +81,6 @@ pub struct TrainOptions {
     pub devices: Vec<Device>,
     /// The other training processes (one per GPU under torchrun or Slurm); `None` alone.
     pub group: Option<Box<dyn CrossProcess>>,
-}
-
-/// The step the run uses: the fused graph for one replica without accumulation, the
-/// gradient and update graphs otherwise.
-enum Engine {
-    Fused(StepSession),
-    Parallel(ParallelStep),
-}
-
-impl Engine {
-    /// One step; `stop` is this process's stop request, the returned flag whether any process
-    /// asked to stop (all then stop after this step).
-    fn step(
-        &mut self,
-        b: &crate::data::loader::Batch,
-        lr: f32,
-        seed: u64,
-        stop: bool,
-    ) -> Result<(StepResult, bool), TrainError> {
-        match self {
-            Engine::Fused(s) => Ok((s.step(b, lr, seed)?, stop)),
-            Engine::Parallel(p) => p.step_and_vote(b, lr, seed, stop),
-        }
-    }
-
-    fn download(&self) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>), TrainError> {
-        match self {
-            Engine::Fused(s) => s.download(),
-            Engine::Parallel(p) => p.download(),
-        }
-    }
-
-    fn params(&self) -> &[ort::value::Tensor<f32>] {
-        match self {
-            Engine::Fused(s) => s.params(),
-            Engine::Parallel(p) => p.params(),
-        }
-    }
-
-    fn crop(&self) -> usize {
-        match self {
-            Engine::Fused(s) => s.crop(),
-            Engine::Parallel(p) => p.crop(),
-        }
-    }
-
-    fn group(&mut self) -> Option<&mut Box<dyn CrossProcess>> {
-        match self {
-            Engine::Fused(_) => None,
-            Engine::Parallel(p) => p.group(),
-        }
-    }
 }
 
 /// How the run ended.
@@ -373,7 +321,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     state.finished = false;
     let (mut settings, mut opts) = step_setup(p);
     let batch = opts.batch;
-    if batch % world != 0 {
+    if !batch.is_multiple_of(world) {
         return Err(TrainError::Setup(format!(
             "a batch of {batch} does not split over {world} processes: choose a batch_size that is a multiple of the process count"
         )));
@@ -386,35 +334,19 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     } else {
         o.devices.clone()
     };
-    let accumulate = p.training.accumulate;
-    let mut step = if devices.len() == 1 && accumulate == 1 && group.is_none() {
-        let settings = SessionSettings {
-            device: devices[0],
-            ..o.session
-        };
-        Engine::Fused(StepSession::new(
-            &config,
-            &opts,
-            p.optimizer.dropout,
-            &params,
-            &momenta,
-            &settings,
-        )?)
-    } else {
-        Engine::Parallel(ParallelStep::new(
-            &config,
-            &opts,
-            p.optimizer.dropout,
-            &params,
-            &momenta,
-            &ParallelOptions {
-                devices: devices.clone(),
-                accumulate,
-                threads: o.session.threads,
-            },
-            group,
-        )?)
-    };
+    let mut step = Engine::new(
+        &config,
+        &opts,
+        p.optimizer.dropout,
+        &params,
+        &momenta,
+        &ParallelOptions {
+            devices: devices.clone(),
+            accumulate: p.training.accumulate,
+            threads: o.session.threads,
+        },
+        group,
+    )?;
     drop((params, momenta));
     let val_settings = SessionSettings {
         device: devices[0],

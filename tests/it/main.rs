@@ -1,6 +1,7 @@
 //! Integration tests: one binary, one module per capability.
 
 mod cli;
+mod distributed;
 mod eval;
 mod eval_cli;
 mod fixtures;

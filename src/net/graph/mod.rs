@@ -11,6 +11,7 @@
 //!   [`VggConfig`](crate::config::model::VggConfig), and the parameter names and layout.
 
 pub mod autodiff;
+pub mod cuda_coverage;
 pub mod ir;
 #[allow(clippy::all, rustdoc::all, missing_docs)]
 pub mod onnx;
