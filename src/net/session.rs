@@ -158,6 +158,10 @@ pub struct Extras {
     /// Allow TF32 in the CUDA provider's convolutions and matrix products (ONNX Runtime's
     /// default); off for exact comparisons with the CPU.
     pub no_tf32: bool,
+    /// Intra-op threads sleep as soon as a run ends instead of spinning for more work: for a
+    /// session that runs briefly between other sessions' runs (the update after the
+    /// gradients), whose spinning threads would otherwise take the cores from them.
+    pub no_spinning: bool,
 }
 
 /// Builds a session for `graph`.
@@ -222,6 +226,11 @@ fn build_from_bytes_with(
         }
         builder = builder
             .with_execution_providers([cuda.build().error_on_failure()])
+            .map_err(|e| err(e.into()))?;
+    }
+    if extras.no_spinning {
+        builder = builder
+            .with_intra_op_spinning(false)
             .map_err(|e| err(e.into()))?;
     }
     if let Some(prefix) = &extras.profile {

@@ -177,8 +177,18 @@ impl ParallelStep {
                 cuda_stream: nccl.get(i).map(|c| c.stream_ptr()),
                 ..Default::default()
             };
-            let grad = session::build_with(&grad_graph, &settings, &extras)?;
-            let update = session::build_with(&update_graph, &settings, &extras)?;
+            // Several CPU replicas share the cores: none spins for the others' time. The update
+            // runs briefly between gradient runs: it never spins.
+            let grad_extras = Extras {
+                no_spinning: cpu_replicas > 1,
+                ..extras.clone()
+            };
+            let update_extras = Extras {
+                no_spinning: true,
+                ..extras
+            };
+            let grad = session::build_with(&grad_graph, &settings, &grad_extras)?;
+            let update = session::build_with(&update_graph, &settings, &update_extras)?;
             let alloc = device_allocator(&grad, device)?;
             let sets = state_sets(&alloc, params, momenta, device)?;
             let mut grads = Vec::with_capacity(sums);
