@@ -13,7 +13,9 @@
 //!           -> loader (augment) -> batches
 //! net       graph (forward, dense, training step, differentiator) · init · checkpoint
 //!           · runtime + session (ONNX Runtime) · accuracy (top-k)
-//! train     batches -> step session -> checkpoints, metrics.jsonl, plots
+//! dist      launcher variables (torchrun, Slurm) · rendezvous + host all-reduce · NCCL
+//! train     batches -> step (fused, or split over replicas, processes, micro-batches)
+//!           -> checkpoints, metrics.jsonl, plots
 //! eval      checkpoints -> the paper's protocols (dense, multi-crop, multi-scale, fusion) -> tables
 //! bench     throughput of the loader and the training step, each against a baseline
 //! ```
@@ -30,6 +32,7 @@ pub mod report;
 pub mod data;
 
 pub mod net;
+
 pub mod dist;
 
 pub mod eval;

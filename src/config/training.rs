@@ -25,7 +25,9 @@
 //! init_from = "runs/vgg-a/best.safetensors"     # the paper's pre-initialisation of B-E from A
 //! init_conv_layers = 4
 //! finetune_from = "runs/vgg-d-256/best.safetensors"  # every parameter (S=384 from S=256)
-//! checkpoint_every = 1000  # steps; 0 = at the end of every epoch only
+//! checkpoint_every = 1000  # steps; 0 = none by step count
+//! checkpoint_minutes = 30  # also every so many minutes of training (0 = none): a hard kill
+//!                          # loses at most this much work, not an epoch of ImageNet
 //! log_every = 10           # steps per metrics record
 //! val_limit = 10000        # validate on at most this many images (all when absent)
 //! threads = 0              # ONNX Runtime intra-op threads (0 = one per core)
@@ -116,6 +118,8 @@ pub struct TrainingSettings {
     pub init_conv_layers: usize,
     pub finetune_from: Option<PathBuf>,
     pub checkpoint_every: u64,
+    /// Minutes of training between checkpoints (0: none by time).
+    pub checkpoint_minutes: f64,
     pub log_every: u64,
     pub val_limit: Option<u64>,
     pub threads: usize,
@@ -136,6 +140,7 @@ impl Default for TrainingSettings {
             init_conv_layers: 4,
             finetune_from: None,
             checkpoint_every: 0,
+            checkpoint_minutes: 30.0,
             log_every: 10,
             val_limit: None,
             threads: 0,
@@ -223,6 +228,12 @@ pub fn validate(
                 "{} micro-batches do not split the batch of {batch_size} (loader.batch_size) evenly",
                 t.accumulate
             ),
+        );
+    }
+    if !(t.checkpoint_minutes.is_finite() && t.checkpoint_minutes >= 0.0) {
+        return bad(
+            "training.checkpoint_minutes",
+            format!("{} must be at least 0", t.checkpoint_minutes),
         );
     }
     if t.sync_timeout == 0 {

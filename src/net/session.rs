@@ -155,8 +155,8 @@ pub struct Extras {
     /// Writes ONNX Runtime's profile (JSON, one event per node run, with its provider) to a
     /// file starting with this prefix.
     pub profile: Option<std::path::PathBuf>,
-    /// Allow TF32 in the CUDA provider's convolutions and matrix products (ONNX Runtime's
-    /// default); off for exact comparisons with the CPU.
+    /// Sets the CUDA provider's `use_tf32` to 0, for exact comparisons with the CPU; otherwise
+    /// the provider's default applies (its cuDNN frontend path may use TF32).
     pub no_tf32: bool,
     /// Intra-op threads sleep as soon as a run ends instead of spinning for more work: for a
     /// session that runs briefly between other sessions' runs (the update after the

@@ -61,6 +61,21 @@ pub struct TrainState {
     /// larger epoch count continues a run that ended on its count.
     pub finished: bool,
     pub pipeline: String,
+    /// The sums of the epoch in progress so far, so that a resumed epoch reports the same
+    /// train loss and error as an uninterrupted one.
+    #[serde(default)]
+    pub partial: EpochSums,
+}
+
+/// Running sums of one epoch's training batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochSums {
+    pub loss_sum: f64,
+    pub images: u64,
+    pub top1_correct: u64,
+    pub top5_correct: u64,
+    /// Seconds of the epoch spent so far.
+    pub seconds: f64,
 }
 
 /// What a run is asked to do.
@@ -209,6 +224,7 @@ pub fn starting_point(
         best_val_top1_error: None,
         best_epoch: None,
         elapsed_seconds: 0.0,
+        partial: EpochSums::default(),
         finished: false,
         pipeline: p.name.clone(),
     };
@@ -293,7 +309,11 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     }
     let last_path = o.out.join(LAST);
     let best_path = o.out.join(BEST);
-    if !o.resume && writer {
+    if o.resume {
+        same_run(&o.out.join("pipeline.toml"), p)?;
+    }
+    if writer {
+        // On resume too: the run's copy follows what may change (epochs, lr, ...).
         let text = std::fs::read(&p.path).unwrap_or_default();
         crate::util::fs::write_atomic(&o.out.join("pipeline.toml"), &text).map_err(|e| {
             TrainError::Io {
@@ -377,6 +397,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     let mut last_epoch = None;
     let mut ending = Ending::Epochs;
     let log_every = p.training.log_every;
+    let mut last_save = Instant::now();
     'epochs: while state.epoch < epochs {
         let epoch = state.epoch;
         let loader = Loader::new(
@@ -400,7 +421,23 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             state.batch,
         );
         let epoch_start = Instant::now();
-        let (mut loss_sum, mut top, mut images) = (0f64, TopK::default(), 0u64);
+        let before = state.partial;
+        let (mut loss_sum, mut top, mut images) = (
+            before.loss_sum,
+            TopK {
+                images: before.images,
+                top1_correct: before.top1_correct,
+                top5_correct: before.top5_correct,
+            },
+            before.images,
+        );
+        let sums = |loss_sum: f64, top: &TopK, start: &Instant| EpochSums {
+            loss_sum,
+            images: top.images,
+            top1_correct: top.top1_correct,
+            top5_correct: top.top5_correct,
+            seconds: before.seconds + start.elapsed().as_secs_f64(),
+        };
         let (mut window_t, mut window_images) = (Instant::now(), 0u64);
         for b in loader {
             let b = b?;
@@ -447,9 +484,16 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
                 window_images = 0;
             }
             let every = p.training.checkpoint_every;
-            if every > 0 && state.step % every == 0 {
+            let minutes = p.training.checkpoint_minutes;
+            let due = (every > 0 && state.step % every == 0)
+                || (minutes > 0.0 && last_save.elapsed().as_secs_f64() >= 60.0 * minutes);
+            if due || stop {
+                state.partial = sums(loss_sum, &top, &epoch_start);
+            }
+            if due {
                 state.elapsed_seconds = elapsed(&started);
                 save(&last_only, &config, &step, &state)?;
+                last_save = Instant::now();
             }
             if stop {
                 state.elapsed_seconds = elapsed(&started);
@@ -465,7 +509,8 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             }
         }
         // The epoch is over.
-        let seconds = epoch_start.elapsed().as_secs_f64();
+        let seconds = before.seconds + epoch_start.elapsed().as_secs_f64();
+        state.partial = EpochSums::default();
         let (val_top1, val_top5, val_loss) = match validator.as_mut() {
             Some(v) => {
                 progress.status(&format!("validating on {} images", v.images()));
@@ -537,6 +582,84 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
         checkpoint: last_path,
         plots,
     })
+}
+
+/// The settings a resumed run may change; everything else must equal the run's start, or the
+/// run would not continue exactly (other images, another order, another network or rule).
+pub const RESUMABLE_CHANGES: &str =
+    "training.epochs, optimizer.lr (and --lr), training.accumulate, \
+     training.threads, training.checkpoint_every, training.checkpoint_minutes, training.log_every, \
+     training.sync_timeout, loader.threads, loader.prefetch, the device and replica count";
+
+/// Refuses to resume with a pipeline that breaks exact continuation of the run started with
+/// `saved` (the run directory's copy), naming the first key that differs.
+fn same_run(saved: &Path, p: &Pipeline) -> Result<(), TrainError> {
+    let Ok(text) = std::fs::read_to_string(saved) else {
+        return Ok(()); // runs from before the copy existed
+    };
+    let old = Pipeline::parse(&text, saved)
+        .map_err(|e| TrainError::Setup(format!("cannot compare with the run's pipeline: {e}")))?;
+    fn j<T: Serialize>(v: &T) -> String {
+        serde_json::to_string(v).unwrap_or_default()
+    }
+    let pairs: [(&str, String, String); 14] = [
+        ("dataset", j(&old.dataset), j(&p.dataset)),
+        (
+            "loader.batch_size",
+            j(&old.loader.batch_size),
+            j(&p.loader.batch_size),
+        ),
+        ("loader.seed", j(&old.loader.seed), j(&p.loader.seed)),
+        ("loader.order", j(&old.loader.order), j(&p.loader.order)),
+        (
+            "loader.window_shards",
+            j(&old.loader.window_shards),
+            j(&p.loader.window_shards),
+        ),
+        ("loader.output", j(&old.loader.output), j(&p.loader.output)),
+        ("train.stages", j(&old.train), j(&p.train)),
+        ("eval", j(&old.eval), j(&p.eval)),
+        ("model", j(&old.model), j(&p.model)),
+        (
+            "optimizer.momentum",
+            j(&old.optimizer.momentum),
+            j(&p.optimizer.momentum),
+        ),
+        (
+            "optimizer.weight_decay",
+            j(&old.optimizer.weight_decay),
+            j(&p.optimizer.weight_decay),
+        ),
+        (
+            "optimizer.decay_biases",
+            j(&old.optimizer.decay_biases),
+            j(&p.optimizer.decay_biases),
+        ),
+        (
+            "optimizer.dropout",
+            j(&old.optimizer.dropout),
+            j(&p.optimizer.dropout),
+        ),
+        ("schedule", j(&old.schedule), j(&p.schedule)),
+    ];
+    for (key, was, now) in pairs {
+        if was != now {
+            return Err(TrainError::Setup(format!(
+                "--resume: {key} is {now} in {}, but the run started with {was} ({}); a resumed \
+                 run continues exactly only with the same settings; these may change: {RESUMABLE_CHANGES}",
+                p.path.display(),
+                saved.display()
+            )));
+        }
+    }
+    if old.training.val_limit != p.training.val_limit {
+        return Err(TrainError::Setup(format!(
+            "--resume: training.val_limit changed ({:?} -> {:?}): the best epoch and the schedule \
+             compare validation errors over the same images",
+            old.training.val_limit, p.training.val_limit
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that every process starts from the same parameters, momenta and position (each

@@ -179,6 +179,71 @@ fn two_epochs_straight_equal_one_epoch_resume_one_epoch() {
             .collect::<Vec<_>>()
     };
     assert_eq!(steps(&straight), steps(&mid));
+    // And the epochs' train loss and errors cover the whole epoch, however it was cut.
+    let epochs = |dir: &Path| {
+        vgg::train::metrics::read_records(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .into_iter()
+            .filter_map(|r| match r {
+                vgg::train::metrics::Record::Epoch(e) => {
+                    Some((e.train_loss, e.train_top1_error, e.train_top5_error))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(epochs(&straight).len(), 2);
+    assert_eq!(epochs(&straight), epochs(&mid));
+}
+
+#[test]
+fn resuming_with_settings_that_break_exact_continuation_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("run");
+    let p = pipeline(dir.path(), &format!("{FAST}epochs = 2\n"));
+    let o = options(p, &data, &out);
+    o.stop.cancel();
+    train::train(o, &Silent).unwrap();
+    let before = std::fs::read(out.join("last.safetensors")).unwrap();
+    // The batch halved: the position in the epoch would mean other images.
+    let text = std::fs::read_to_string(dir.path().join("p.toml")).unwrap();
+    std::fs::write(
+        dir.path().join("p.toml"),
+        text.replace("batch_size = 16", "batch_size = 8"),
+    )
+    .unwrap();
+    let mut o = options(
+        Pipeline::load(&dir.path().join("p.toml")).unwrap(),
+        &data,
+        &out,
+    );
+    o.resume = true;
+    let err = train::train(o, &Silent).unwrap_err().to_string();
+    assert!(err.contains("loader.batch_size"), "{err}");
+    assert!(
+        err.contains("training.epochs"),
+        "the message lists what may change: {err}"
+    );
+    assert_eq!(std::fs::read(out.join("last.safetensors")).unwrap(), before);
+    // More epochs and another learning rate are fine.
+    std::fs::write(
+        dir.path().join("p.toml"),
+        text.replace("epochs = 2", "epochs = 3")
+            .replace("lr = 0.001", "lr = 0.0005"),
+    )
+    .unwrap();
+    let mut o = options(
+        Pipeline::load(&dir.path().join("p.toml")).unwrap(),
+        &data,
+        &out,
+    );
+    o.resume = true;
+    o.stop.cancel();
+    assert_eq!(
+        train::train(o, &Silent).unwrap().ending,
+        Ending::Interrupted
+    );
 }
 
 #[test]
