@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Peer benchmark: one VGG training step with PyTorch on the CPU.
+"""Peer benchmark: one VGG training step with PyTorch on the CPU or a CUDA GPU.
 
-The peer of `cargo bench --bench train_step`: the same network (the paper's configuration at a
+The peer of `cargo bench --bench train_step` (and, with `--device cuda`, of
+`vgg bench train PIPELINE --device cuda`): the same network (the paper's configuration at a
 width multiplier, as `vgg`'s `[model]` table builds it), the same batch shape and the same work per
 step, so ms/step can be compared on one machine:
 
@@ -19,6 +20,14 @@ Optional: torch is needed only to run this script (see README.md here); nothing 
 or test suite uses it.
 
     python3 benches/peers/torch_train_step.py --threads 2,1 --json
+    python3 benches/peers/torch_train_step.py --device cuda --config D --width 1 --input 224 \
+        --classes 1000 --batch 128 --tf32 on --json       # VGG-16 on the GPU
+
+On CUDA the batch, labels and model live on the GPU, every timing point synchronises the device,
+cuDNN's autotuner is on (`torch.backends.cudnn.benchmark`, as ONNX Runtime's CUDA provider searches
+for its convolution algorithms), `--threads` is ignored, and `--tf32 on|off` sets both of
+PyTorch's TF32 switches (convolutions and matrix products; `default` leaves PyTorch's defaults:
+on for cuDNN convolutions, off for matrix products).
 """
 
 import argparse
@@ -66,8 +75,15 @@ def cpu_model():
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="ms per VGG training step with PyTorch on the CPU "
-        "(peer of `cargo bench --bench train_step`)."
+        description="ms per VGG training step with PyTorch on the CPU or a CUDA GPU "
+        "(peer of `cargo bench --bench train_step` and `vgg bench train`)."
+    )
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument(
+        "--tf32",
+        default="default",
+        choices=["default", "on", "off"],
+        help="CUDA only: TF32 for convolutions and matrix products",
     )
     p.add_argument("--config", default="A", help="a row of the paper's Table 1: A, B, D or E")
     p.add_argument("--width", type=float, default=0.125, help="multiplies every width")
@@ -91,6 +107,10 @@ def parse_args(argv=None):
         p.error("--steps, --batch and every --threads count must be >= 1")
     if args.input % 32:
         p.error("--input must be a multiple of 32 (five 2x2 pools)")
+    if args.device != "cpu" and args.device != "cuda" and not args.device.startswith("cuda:"):
+        p.error(f"--device {args.device}: cpu, cuda or cuda:N")
+    if args.device != "cpu":
+        args.threads = args.threads[:1]
     return args
 
 
@@ -140,7 +160,9 @@ def build(torch, spec):
 def measure(torch, spec, args, threads):
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
-    model = build(torch, spec)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model = build(torch, spec).to(device)
     weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
     biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
     opt = torch.optim.SGD(
@@ -149,27 +171,33 @@ def measure(torch, spec, args, threads):
         momentum=0.9,
     )
     n, s = args.batch, spec["input"]
-    images = torch.randn(n, 3, s, s) * 50.0
-    labels = torch.randint(0, spec["classes"], (n,))
+    images = (torch.randn(n, 3, s, s) * 50.0).to(device)
+    labels = torch.randint(0, spec["classes"], (n,)).to(device)
     loss_fn = torch.nn.CrossEntropyLoss()
+
+    def now():
+        # On the GPU, a timing point waits for the queued kernels.
+        if cuda:
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
 
     def forward_only():
         model.eval()
         with torch.no_grad():
-            t = time.perf_counter()
+            t = now()
             model(images)
-            return time.perf_counter() - t
+            return now() - t
 
     def step():
         model.train()
-        t0 = time.perf_counter()
+        t0 = now()
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(images), labels)
-        t1 = time.perf_counter()
+        t1 = now()
         loss.backward()
-        t2 = time.perf_counter()
+        t2 = now()
         opt.step()
-        t3 = time.perf_counter()
+        t3 = now()
         return t3 - t0, t1 - t0, t2 - t1, t3 - t2, loss.item()
 
     rounds = []
@@ -205,6 +233,28 @@ def main(argv=None):
         return 2
     spec = network_spec(args)
     parameters = sum(p.numel() for p in build(torch, spec).parameters())
+    gpu = None
+    if args.device != "cpu":
+        if not torch.cuda.is_available():
+            print(
+                f"--device {args.device}: this torch ({torch.__version__}) sees no CUDA device",
+                file=sys.stderr,
+            )
+            return 2
+        torch.backends.cudnn.benchmark = True
+        if args.tf32 != "default":
+            on = args.tf32 == "on"
+            torch.backends.cudnn.allow_tf32 = on
+            torch.backends.cuda.matmul.allow_tf32 = on
+        index = torch.device(args.device).index or 0
+        gpu = {
+            "name": torch.cuda.get_device_name(index),
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "tf32_conv": torch.backends.cudnn.allow_tf32,
+            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_benchmark": True,
+        }
     machine = {
         "cpu": cpu_model(),
         "cores": available_cores(),
@@ -212,11 +262,18 @@ def main(argv=None):
         "python": platform.python_version(),
         "torch": torch.__version__,
         "mkldnn": torch.backends.mkldnn.is_available(),
+        "device": args.device,
+        "gpu": gpu,
     }
     if not args.json:
         print("# training-step benchmark: PyTorch peer")
         print(f"machine: {machine['cpu']} ({machine['cores']} cores, {machine['os']})")
         print(f"python {machine['python']}, torch {machine['torch']}, mkldnn {machine['mkldnn']}")
+        if gpu:
+            print(
+                f"device {args.device}: {gpu['name']}, CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']}, "
+                f"TF32 conv {gpu['tf32_conv']} matmul {gpu['tf32_matmul']}, cudnn.benchmark on"
+            )
         print(
             f"network: {spec['name']} ({parameters / 1e6:.2f} M parameters), input "
             f"{spec['input']}, {spec['classes']} classes\nbatch {args.batch} float32 NCHW "

@@ -5,6 +5,7 @@ mod distributed;
 mod eval;
 mod eval_cli;
 mod fixtures;
+mod gpu;
 mod gradients;
 mod graphs;
 mod loader;
