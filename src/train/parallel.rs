@@ -30,8 +30,8 @@ use ort::value::Tensor;
 use rayon::prelude::*;
 
 use super::step::{
-    allocate, check_counts, device_allocator, download_into, download_set, host_scalar, ort_err,
-    state_names, state_sets, upload, HostInputs, LossOutputs, StepResult,
+    allocate, bind_alternating, check_counts, device_allocator, download_into, download_set,
+    host_scalar, ort_err, state_names, state_sets, upload, HostInputs, LossOutputs, StepResult,
 };
 use super::TrainError;
 use crate::config::model::{parameters, ParamSpec, VggConfig};
@@ -292,27 +292,15 @@ impl ParallelStep {
                     outputs.bind(binding)?;
                 }
             }
-            let [set0, set1] = sets;
-            for (p, binding) in update_bindings.iter_mut().enumerate() {
-                let (read, write) = if p == 0 {
-                    (&*set0, &mut *set1)
-                } else {
-                    (&*set1, &mut *set0)
-                };
-                for (name, t) in state.iter().zip(read.iter()) {
-                    binding.bind_input(name.as_str(), t).map_err(&e)?;
-                }
-                for (name, t) in state.iter().zip(write.iter_mut()) {
-                    binding
-                        .bind_output(format!("{name}{NEXT}"), t)
-                        .map_err(&e)?;
-                }
+            let grads = &*grads;
+            bind_alternating(update_bindings, sets, &state, |_, binding| {
                 if i == 0 || !all_cpu {
                     for (name, t) in names.iter().zip(&grads[last]) {
                         binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
                     }
                 }
-            }
+                Ok(())
+            })?;
         }
         Ok(())
     }

@@ -346,6 +346,35 @@ pub(super) fn state_sets(
     Ok(sets)
 }
 
+/// Binds `bindings[k]` to read set `k` and write set `1 - k` (outputs `NAME.next`), tensor `i`
+/// of a set under `names[i]`; `more` binds whatever else binding `k` needs.
+pub(super) fn bind_alternating(
+    bindings: &mut [IoBinding; 2],
+    sets: &mut [Vec<Tensor<f32>>; 2],
+    names: &[String],
+    mut more: impl FnMut(usize, &mut IoBinding) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let e = ort_err("bind");
+    let [set0, set1] = sets;
+    for (k, binding) in bindings.iter_mut().enumerate() {
+        let (read, write) = if k == 0 {
+            (&*set0, &mut *set1)
+        } else {
+            (&*set1, &mut *set0)
+        };
+        for (name, t) in names.iter().zip(read.iter()) {
+            binding.bind_input(name.as_str(), t).map_err(&e)?;
+        }
+        for (name, t) in names.iter().zip(write.iter_mut()) {
+            binding
+                .bind_output(format!("{name}{NEXT}"), t)
+                .map_err(&e)?;
+        }
+        more(k, binding)?;
+    }
+    Ok(())
+}
+
 /// A compiled training step with its two parameter sets.
 pub struct StepSession {
     session: Session,
@@ -405,25 +434,10 @@ impl StepSession {
     /// Binding k reads set k and writes set 1 - k.
     fn bind(&mut self) -> Result<(), TrainError> {
         let names = state_names(&self.specs);
-        let e = ort_err("bind");
-        let [set0, set1] = &mut self.sets;
-        for (k, binding) in self.bindings.iter_mut().enumerate() {
-            let (read, write) = if k == 0 {
-                (&*set0, &mut *set1)
-            } else {
-                (&*set1, &mut *set0)
-            };
-            for (name, t) in names.iter().zip(read.iter()) {
-                binding.bind_input(name.as_str(), t).map_err(&e)?;
-            }
-            for (name, t) in names.iter().zip(write.iter_mut()) {
-                binding
-                    .bind_output(format!("{name}{NEXT}"), t)
-                    .map_err(&e)?;
-            }
-            self.outputs.bind(binding)?;
-        }
-        Ok(())
+        let outputs = &mut self.outputs;
+        bind_alternating(&mut self.bindings, &mut self.sets, &names, |_, b| {
+            outputs.bind(b)
+        })
     }
 
     /// The step's fixed batch size.

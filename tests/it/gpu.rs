@@ -9,20 +9,18 @@
 //! (`scripts/gpu-check.sh` sets all of it up). Otherwise each says that it skipped and returns.
 //! Every test prints what it measured on lines starting with `measured:`.
 
+use crate::parallel::{batches, relative_difference};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
 
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor};
 
 use vgg::config::model::{parameters, VggConfig, MOMENTUM};
-use vgg::config::pipeline::Pipeline;
 use vgg::config::training::Init;
-use vgg::data::loader::{Batch, Loader, LoaderOptions, Mode};
-use vgg::data::store::PreparedSplit;
+
 use vgg::dist::nccl::{self, Nccl};
 use vgg::net::checkpoint::NamedTensor;
 use vgg::net::graph::ir::{Dim, ElemType, Graph};
@@ -499,32 +497,6 @@ fn every_compute_node_of_the_graphs_runs_on_cuda() {
     );
 }
 
-fn batches(p: &Pipeline, split: &Arc<PreparedSplit>, batch: usize, n: usize) -> Vec<Batch> {
-    let mut s = p.loader.clone();
-    s.drop_last = true;
-    s.batch_size = batch;
-    s.prefetch = n + 1;
-    let loader = Loader::new(
-        split.clone(),
-        LoaderOptions::new(s, Mode::Train(p.train.clone()), 0),
-    )
-    .unwrap();
-    loader.take(n).map(|b| b.unwrap()).collect()
-}
-
-/// Per tensor, max |a - b| / max |b|; the worst over all tensors.
-fn relative_tensors(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| {
-            assert_eq!(x.name, y.name);
-            let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
-            relative(&f(&x.data), &f(&y.data))
-        })
-        .fold(0f64, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) })
-}
-
 type Run = (Vec<StepResult>, Vec<NamedTensor>, Vec<NamedTensor>);
 
 #[test]
@@ -566,14 +538,14 @@ fn replicas_and_micro_batches_on_one_gpu_equal_the_fused_step() {
     let (cpu_results, cpu_p, cpu_m) = fused(Device::Cpu);
     let (want, want_p, want_m) = fused(Device::Cuda(0));
     assert!(
-        relative_tensors(&want_p, &params) > 1e-4,
+        relative_difference(&want_p, &params) > 1e-4,
         "three steps did not move the parameters"
     );
 
     // The device-resident step (two parameter sets on the GPU, bindings alternating) against
     // the CPU's over the same three steps.
-    let dp = relative_tensors(&want_p, &cpu_p);
-    let dm = relative_tensors(&want_m, &cpu_m);
+    let dp = relative_difference(&want_p, &cpu_p);
+    let dm = relative_difference(&want_m, &cpu_m);
     let losses = |r: &[StepResult]| r.iter().map(|r| r.loss).collect::<Vec<_>>();
     println!(
         "measured: fused step cuda:0 vs cpu over 3 steps: parameters {dp:.2e}, momenta {dm:.2e} \
@@ -609,8 +581,8 @@ fn replicas_and_micro_batches_on_one_gpu_equal_the_fused_step() {
             worst_loss = worst_loss.max(if d.is_nan() { f64::INFINITY } else { d });
         }
         let (got_p, got_m) = par.download().unwrap();
-        let dp = relative_tensors(&got_p, &want_p);
-        let dm = relative_tensors(&got_m, &want_m);
+        let dp = relative_difference(&got_p, &want_p);
+        let dm = relative_difference(&got_m, &want_m);
         let sums = par.checksums().unwrap();
         println!(
             "measured: {what} vs the fused step over 3 steps: loss {worst_loss:.2e}, \

@@ -19,12 +19,15 @@ use vgg::util::progress::Silent;
 use crate::train::{dataset, options, pipeline};
 
 /// The largest difference between two tensor lists relative to the largest magnitude, per
-/// tensor, over all tensors.
-fn relative_difference(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
+/// tensor, over all tensors (NaN when a value is not finite).
+pub(crate) fn relative_difference(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
     assert_eq!(a.len(), b.len());
     let mut worst = 0f64;
     for (x, y) in a.iter().zip(b) {
         assert_eq!(x.name, y.name);
+        if x.data.iter().chain(&y.data).any(|v| !v.is_finite()) {
+            return f64::NAN; // fails every `<` comparison
+        }
         let scale = y.data.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12) as f64;
         let diff = x
             .data
@@ -36,7 +39,12 @@ fn relative_difference(a: &[NamedTensor], b: &[NamedTensor]) -> f64 {
     worst
 }
 
-fn batches(p: &Pipeline, split: &Arc<PreparedSplit>, batch: usize, n: usize) -> Vec<Batch> {
+pub(crate) fn batches(
+    p: &Pipeline,
+    split: &Arc<PreparedSplit>,
+    batch: usize,
+    n: usize,
+) -> Vec<Batch> {
     let mut s = p.loader.clone();
     s.drop_last = true;
     s.batch_size = batch;
