@@ -34,6 +34,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// One convolution: kernel size and output channels.
+/// The largest network accepted: 4 G parameters (16 GiB per float32 copy; VGG-19 has 144 M).
+pub const MAX_PARAMETERS: u64 = 4_000_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Conv {
@@ -252,7 +255,13 @@ impl VggConfig {
             }
         }
         if let Some(fc) = raw.fc {
-            c.fc = fc.max(1);
+            if fc == 0 {
+                return Err(invalid(
+                    "fc",
+                    "the hidden FC layers need at least 1 unit".into(),
+                ));
+            }
+            c.fc = fc;
         }
         if let Some(n) = raw.classes {
             if n < 2 {
@@ -278,6 +287,19 @@ impl VggConfig {
                 format!(
                     "{} is not a multiple of {reduce} (one 2x2 pool per block)",
                     c.input
+                ),
+            ));
+        }
+        // Refuse what no machine holds before anything is allocated: training keeps the
+        // parameters four times over (two sets of weights and momenta) in float32.
+        let params = c.summary().parameters;
+        if params > MAX_PARAMETERS {
+            return Err(invalid(
+                "fc",
+                format!(
+                    "{params} parameters ({} GiB of float32 each copy, four copies to train) is \
+                     beyond the {MAX_PARAMETERS} this toolkit allocates; lower fc, width or classes",
+                    params * 4 >> 30
                 ),
             ));
         }
@@ -674,5 +696,12 @@ mod tests {
         assert!(e.to_string().contains("widht"), "{e}");
         let e = VggConfig::from_table(&table("config = \"A\"\nwidth = 0")).unwrap_err();
         assert!(e.to_string().contains("model.width"), "{e}");
+        let e = VggConfig::from_table(&table("config = \"A\"\nfc = 0")).unwrap_err();
+        assert!(e.to_string().contains("at least 1 unit"), "{e}");
+        // E at width 4 with a million-unit FC layer: refused before anything is allocated.
+        let e =
+            VggConfig::from_table(&table("config = \"E\"\nwidth = 4\nfc = 1000000")).unwrap_err();
+        assert!(e.to_string().contains("parameters"), "{e}");
+        assert!(VggConfig::from_table(&table("config = \"E\"")).is_ok());
     }
 }

@@ -49,6 +49,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::model::{ModelError, VggConfig};
 use crate::config::training::{self, OptimizerSettings, Schedule, TrainingSettings};
 
+/// The most threads a loader or a session is given: more than any machine has cores.
+pub const MAX_THREADS: usize = 1024;
+
 /// Mean RGB of the ImageNet training set on the 0-255 scale (the authors' released Caffe models,
 /// given there in BGR order).
 pub const VGG_MEAN: [f32; 3] = [123.68, 116.779, 103.939];
@@ -362,6 +365,21 @@ impl Pipeline {
         }
         if l.prefetch == 0 {
             return Err(invalid("loader.prefetch", "must be at least 1".into()));
+        }
+        if l.threads > MAX_THREADS {
+            return Err(invalid(
+                "loader.threads",
+                format!(
+                    "{} is more than {MAX_THREADS}: give at most one per core (0 = all cores)",
+                    l.threads
+                ),
+            ));
+        }
+        if l.prefetch > 1024 {
+            return Err(invalid(
+                "loader.prefetch",
+                format!("{} batches held ahead is more memory than it can help; use at most 1024 (4 is plenty)", l.prefetch),
+            ));
         }
         if l.window_shards == 0 {
             return Err(invalid("loader.window_shards", "must be at least 1".into()));
@@ -678,6 +696,16 @@ config = "D"
             e.contains("train.stages[2] (line 11)") && e.contains("smallest scale S = 256"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn thread_counts_beyond_any_machine_are_refused() {
+        let e = err(&GOOD.replace("batch_size = 32", "batch_size = 32\nthreads = 100000"));
+        assert!(e.contains("loader.threads") && e.contains("1024"), "{e}");
+        let e = err(&format!("{GOOD}\n[training]\nthreads = 5000\n"));
+        assert!(e.contains("training.threads"), "{e}");
+        let e = err(&GOOD.replace("batch_size = 32", "batch_size = 32\nprefetch = 100000"));
+        assert!(e.contains("loader.prefetch"), "{e}");
     }
 
     #[test]

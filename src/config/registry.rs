@@ -310,6 +310,16 @@ impl Registry {
                     "`val_labels` and `synsets` apply to source = \"imagenet\" only".into(),
                 ));
             }
+            if d.store.records_per_shard == Some(0) {
+                return Err(invalid(
+                    "store.records_per_shard = 0: a shard holds at least one record (leave it out for the size-based default)".into(),
+                ));
+            }
+            if d.store.max_pixels == 0 {
+                return Err(invalid(
+                    "store.max_pixels = 0 would skip every image: give the largest width x height to decode (default 89478485)".into(),
+                ));
+            }
             let spec = DatasetSpec {
                 shards: base.join(d.shards.unwrap_or_else(|| Path::new("shards").join(&name))),
                 root,
@@ -453,6 +463,14 @@ shards = "/fast/pets"
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 5") && e.contains("quality"), "{e}");
+        for bad in ["records_per_shard = 0", "max_pixels = 0"] {
+            let e = parse(&format!(
+                "[datasets.x]\nsource = \"folder\"\nroot = \"r\"\n[datasets.x.store]\n{bad}\n"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
+        }
         let e = parse("[datasets.x]\nsource = \"folder\"\nroot = \"r\"\n[datasets.x.store]\n\nmax_shortest_side = 8\n")
             .unwrap_err()
             .to_string();

@@ -236,6 +236,16 @@ pub fn validate(
             format!("{} must be at least 0", t.checkpoint_minutes),
         );
     }
+    if t.threads > crate::config::pipeline::MAX_THREADS {
+        return bad(
+            "training.threads",
+            format!(
+                "{} is more than {}: give at most one per core (0 = all cores)",
+                t.threads,
+                crate::config::pipeline::MAX_THREADS
+            ),
+        );
+    }
     if t.sync_timeout == 0 {
         return bad("training.sync_timeout", "must be at least 1 second".into());
     }
