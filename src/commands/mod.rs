@@ -83,9 +83,24 @@ impl Common {
         })
     }
 
-    /// A shard folder given as a path, or a dataset name whose shard folder is meant.
+    /// A shard folder given as a path, or a dataset name whose shard folder is meant. A bare
+    /// name that the registry knows means the dataset, even when a folder of that name is in
+    /// the current directory (a note says so; `./NAME` means the folder).
     pub fn shard_dir(&self, target: &str) -> Result<PathBuf> {
         let p = Path::new(target);
+        let bare = !target.contains(std::path::MAIN_SEPARATOR) && !target.starts_with('.');
+        if bare {
+            if let Ok(spec) = self.registry().and_then(|r| Ok(r.get(target)?.clone())) {
+                if p.exists() && !self.quiet {
+                    eprintln!(
+                        "note: `{target}` is a dataset in {}; using its shards {} (write ./{target} for the folder here)",
+                        self.registry()?.path.display(),
+                        spec.shards.display()
+                    );
+                }
+                return Ok(spec.shards);
+            }
+        }
         if p.exists() {
             return Ok(p.to_path_buf());
         }

@@ -59,6 +59,17 @@ fn inspect_json_has_the_stable_keys() {
     let o = vgg(&["--datasets", "fx.toml", "inspect", "fx"], fx.dir.path());
     assert!(o.status.success(), "{}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("n01440764"));
+    // A folder named like the dataset in the current directory does not shadow it; ./fx does.
+    std::fs::create_dir(fx.dir.path().join("fx")).unwrap();
+    let o = vgg(&["--datasets", "fx.toml", "inspect", "fx"], fx.dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("./fx for the folder"),
+        "{}",
+        text(&o)
+    );
+    let o = vgg(&["--datasets", "fx.toml", "inspect", "./fx"], fx.dir.path());
+    assert!(!o.status.success(), "{}", text(&o));
 }
 
 #[test]
