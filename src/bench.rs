@@ -24,6 +24,8 @@ pub enum BenchError {
     Loader(#[from] LoaderError),
     #[error(transparent)]
     Train(#[from] crate::train::TrainError),
+    #[error(transparent)]
+    Store(#[from] crate::data::store::StoreError),
     #[error("interrupted before the measurements were complete; nothing was reported")]
     Interrupted,
 }
@@ -36,6 +38,10 @@ pub struct LoaderRow {
     pub images_per_sec_per_core: f64,
     pub decode_only_images_per_sec: f64,
     pub ratio_to_decode: f64,
+    /// The full pipeline with the records' CRC-32C check turned off, in the same run.
+    pub images_per_sec_without_crc: f64,
+    /// `images_per_sec / images_per_sec_without_crc`: what the check costs (1.0: nothing).
+    pub crc_ratio: f64,
 }
 
 /// `vgg bench loader` output. The top-level figures are those of the largest thread count.
@@ -52,6 +58,8 @@ pub struct LoaderReport {
     pub images_per_sec_per_core: f64,
     pub decode_only_images_per_sec: f64,
     pub ratio_to_decode: f64,
+    /// With the records' CRC check over without it, at the largest thread count.
+    pub crc_ratio: f64,
     /// images/s at the largest thread count over images/s at one thread.
     pub scaling: f64,
     /// Bytes of batch buffers the loader holds, and this process's peak RSS.
@@ -136,6 +144,8 @@ pub fn loader_bench(
     let s = &pipeline.loader;
     let mut records = epoch_order(&lengths, s.order, s.window_shards, s.seed, 0, 0, 1, false);
     records.truncate((batches * s.batch_size).max(1));
+    // The same store with the per-record CRC check off: its cost, measured beside it.
+    let unchecked = Arc::new(PreparedSplit::open_without_record_checks(&split.dir)?);
     let mut rows = Vec::new();
     let mut buffer_bytes = 0;
     for &t in threads {
@@ -144,6 +154,7 @@ pub fn loader_bench(
         }
         let decode = decode_rate(&split, &records, t)?;
         let (full, bytes) = pipeline_rate(&split, pipeline, t, batches)?;
+        let (no_crc, _) = pipeline_rate(&unchecked, pipeline, t, batches)?;
         buffer_bytes = bytes;
         let row = LoaderRow {
             threads: t,
@@ -151,6 +162,8 @@ pub fn loader_bench(
             images_per_sec_per_core: full / t as f64,
             decode_only_images_per_sec: decode,
             ratio_to_decode: full / decode,
+            images_per_sec_without_crc: no_crc,
+            crc_ratio: full / no_crc,
         };
         on_row(&row);
         rows.push(row);
@@ -172,6 +185,7 @@ pub fn loader_bench(
         images_per_sec_per_core: last.images_per_sec_per_core,
         decode_only_images_per_sec: last.decode_only_images_per_sec,
         ratio_to_decode: last.ratio_to_decode,
+        crc_ratio: last.crc_ratio,
         scaling: last.images_per_sec / first.images_per_sec,
         loader_buffer_bytes: buffer_bytes,
         peak_rss_bytes: peak_rss_bytes(),

@@ -14,8 +14,9 @@ use vgg::data::source::Split;
 use vgg::eval::protocol::{
     format_scales, format_table, paper_figure, test_scales, Protocol, ResultRow, TrainScale,
 };
-use vgg::eval::run::{evaluate, EvalReport, EvalSettings, ImageResult, Network};
+use vgg::eval::run::{evaluate, EvalReport, EvalSettings, ImageResult, Network, SAMPLE_SEED};
 use vgg::net::accuracy::TopK;
+use vgg::net::checkpoint::check_classes;
 use vgg::net::session::{Device, SessionSettings};
 
 use super::progress::CANCEL;
@@ -47,9 +48,15 @@ paper reports (1000-class networks at 224 pixels) end with the paper's top-1 / t
 
 JSON keys: top1_error, top5_error, images (fused), per_network[{name, path, config,
 top1_error, top5_error, images}], rows (the table, each with `paper`), protocol, scales,
-flip, grid, train_scale, dataset, split, seconds, images_per_sec, peak_rss_bytes,
+flip, grid, train_scale, dataset, split, limit, sample_seed, seconds, images_per_sec,
+peak_rss_bytes,
 predictions[{index, label, top5[{class, posterior}], top1_correct, top5_correct}] (the
 fused posterior, in record order). Errors are fractions in 0..1.
+
+--limit N evaluates a fixed sample of N images spread over all classes (the trainer's
+validation images for `val_limit = N`), not the first N records, which are sorted by class.
+A checkpoint that stores its class list is refused on a split with other classes (naming the
+first difference) unless --allow-class-mismatch; one with a non-finite parameter is refused.
 
 Examples:
   vgg eval pipelines/vgg-jitter-256-512.toml --checkpoint runs/vgg-d/best.safetensors --multi-scale
@@ -94,9 +101,18 @@ pub struct Args {
     /// Use this dataset instead of the pipeline's.
     #[arg(long, value_name = "NAME")]
     dataset: Option<String>,
-    /// Evaluate only the first N records of the split.
-    #[arg(long, value_name = "N")]
+    /// Evaluate a fixed sample of N records spread over all classes (each class's records in
+    /// a seeded order, the classes taking turns), not the first N; the same images as the
+    /// trainer's validation with `val_limit = N`. At least 1.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     limit: Option<u64>,
+    /// The seed of the --limit sample (default: the trainer's validation sample).
+    #[arg(long, value_name = "SEED", default_value_t = SAMPLE_SEED)]
+    sample_seed: u64,
+    /// Evaluate a checkpoint whose stored class list differs from the split's (a deliberate
+    /// remap: labels are compared by index). Without it such a checkpoint is refused.
+    #[arg(long)]
+    allow_class_mismatch: bool,
     /// cpu, cuda (device 0) or cuda:N. CUDA needs the GPU build of ONNX Runtime
     /// (docs/onnxruntime.md).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
@@ -158,9 +174,32 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     let name = &target.dataset;
     let data = c.open_split(name, split)?;
 
+    let wnids: Vec<String> = data
+        .manifest
+        .classes
+        .iter()
+        .map(|c| c.wnid.clone())
+        .collect();
     let mut nets = Vec::with_capacity(a.checkpoints.len());
     for path in &a.checkpoints {
-        nets.push(Network::from_checkpoint(path)?);
+        let (net, info) = Network::from_checkpoint_with_info(path)?;
+        let shown = format!("{}", path.display());
+        let data_name = format!("{name}/{split}");
+        match check_classes(&shown, info.classes.as_deref(), &data_name, &wnids) {
+            Ok(()) => {}
+            Err(e) if a.allow_class_mismatch => {
+                eprintln!("note: {e}; evaluating anyway (--allow-class-mismatch)")
+            }
+            Err(e) => anyhow::bail!(
+                "{e}; --allow-class-mismatch evaluates it anyway, comparing labels by index"
+            ),
+        }
+        if !a.json {
+            for note in info.notes(path) {
+                eprintln!("note: {note}");
+            }
+        }
+        nets.push(net);
     }
     // Networks named after their file stem: make equal stems (runs/a/best, runs/b/best)
     // distinguishable by their path.
@@ -181,6 +220,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         grid: a.grid,
         mean: target.mean,
         limit: a.limit,
+        sample_seed: a.sample_seed,
         session: SessionSettings {
             device: a.device,
             threads: a.threads,
@@ -194,8 +234,16 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         print_json(&json(a, &target, split, &nets, &report, &rows, &settings))?;
         return Ok(ExitCode::SUCCESS);
     }
+    let sample = match a.limit {
+        Some(n) if n < data.len() => format!(
+            " (a fixed sample spread over the classes, seed {}, of {})",
+            a.sample_seed,
+            data.len()
+        ),
+        _ => String::new(),
+    };
     println!(
-        "{} images of {name}/{split}; protocol {protocol}, test scales {}, {}{}",
+        "{} images{sample} of {name}/{split}; protocol {protocol}, test scales {}, {}{}",
         report.fused.images,
         format_scales(&scales),
         if settings.flip {
@@ -417,6 +465,7 @@ struct EvalJson<'a> {
     dataset: &'a str,
     split: &'static str,
     limit: Option<u64>,
+    sample_seed: Option<u64>,
     device: String,
     batch: usize,
     seconds: f64,
@@ -468,6 +517,7 @@ fn json<'a>(
         dataset: &target.dataset,
         split: split.name(),
         limit: s.limit,
+        sample_seed: s.limit.map(|_| s.sample_seed),
         device: s.session.device.to_string(),
         batch: s.batch,
         seconds: report.seconds,

@@ -78,6 +78,7 @@ pub fn run(_c: &Common, a: &Args) -> Result<ExitCode> {
         graphs::forward_graph(&config)
     };
     if let Some(path) = &a.weights {
+        super::weights::refuse_same_file(&[path], &a.out)?;
         let ck = Checkpoint::load(path)?;
         if ck.config.layers() != config.layers() {
             bail!(

@@ -66,6 +66,7 @@ impl Common {
                 "the {split} split of dataset `{name}` is not prepared (run `vgg prepare {name} --split {split}`)"
             )
         })?;
+        s.check_dataset(&spec)?;
         Ok(Arc::new(s))
     }
 

@@ -31,7 +31,10 @@ use super::{print_json, Common};
 /// on Ctrl-C), best.safetensors (best validation top-1 error), metrics.jsonl, and plots.png
 /// with plots.svg (each chart also alone under plots/).
 /// `--resume` continues from last.safetensors exactly where it stopped: same batches, same
-/// augmentation, same dropout masks as an uninterrupted run.
+/// augmentation, same dropout masks as an uninterrupted run. epoch-start.safetensors holds the
+/// start of the epoch in progress; when the loss becomes NaN or infinite the run stops,
+/// restores last.safetensors from it (keeping the last save as diverged.safetensors), and
+/// `--resume --lr X` with a lower rate continues from there.
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  vgg train pipelines/demo.toml\n  vgg train pipelines/vgg-s256.toml --out runs/vgg-a-256 --device cuda\n  vgg train pipelines/vgg-s256.toml --out runs/vgg-a-256 --resume\n  vgg train pipelines/vgg-s256.toml --out runs/diverged --resume --lr 0.001"
@@ -78,6 +81,11 @@ pub struct Args {
     /// Skip the validation after each epoch (the plateau schedule then keeps its rate).
     #[arg(long)]
     no_val: bool,
+    /// Start from a checkpoint (--resume, init_from, finetune_from) whose stored class list
+    /// differs from the training split's: a deliberate remap, labels taken by index. Without
+    /// it such a checkpoint is refused, naming the first difference.
+    #[arg(long)]
+    allow_class_mismatch: bool,
     /// Print the final summary as JSON.
     #[arg(long)]
     json: bool,
@@ -136,6 +144,19 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             out.display()
         );
     }
+    if a.resume && !out.join(train::run::LAST).exists() {
+        anyhow::bail!(
+            "{}: no run to resume (no {}); leave out --resume to start one",
+            out.display(),
+            train::run::LAST
+        );
+    }
+    // One writer per run directory: rank 0 (the others write nothing there).
+    let _lock = if launch.as_ref().is_none_or(|l| l.rank == 0) {
+        Some(vgg::util::lock::FolderLock::acquire(&out, "vgg train")?)
+    } else {
+        None
+    };
     let threads = p.training.threads;
     let group = match &launch {
         Some(l) => {
@@ -174,6 +195,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         lr: if a.resume { a.lr } else { None },
         devices,
         group,
+        allow_class_mismatch: a.allow_class_mismatch,
     };
     // Only rank 0 draws progress and prints the summary.
     let quiet_rank = rank != 0;

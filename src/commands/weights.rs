@@ -112,6 +112,7 @@ pub fn run(_c: &Common, a: &Args) -> Result<ExitCode> {
             out,
             json,
         } => {
+            refuse_same_file(&[file], out)?;
             let (tensors, _) = checkpoint::read_tensors(file)?;
             let (mut c, from_pipeline) = resolve_config(config)?;
             match classes {
@@ -153,6 +154,7 @@ pub fn run(_c: &Common, a: &Args) -> Result<ExitCode> {
             out,
             json,
         } => {
+            refuse_same_file(&[path], out)?;
             let ck = Checkpoint::load(path)?;
             let tensors = checkpoint::to_torchvision(&ck);
             let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -200,6 +202,63 @@ fn resolve_config(config: &str) -> Result<(VggConfig, bool)> {
     }
     let (c, pipeline) = super::network(config)?;
     Ok((c, pipeline.is_some()))
+}
+
+/// Refuses an output that is the same file as one of the inputs (also through symlinks,
+/// hard links or another spelling of the path): writing it would replace the input.
+pub(super) fn refuse_same_file(inputs: &[&Path], out: &Path) -> Result<()> {
+    for input in inputs {
+        if same_file(input, out) {
+            bail!(
+                "--out {} is the input {} itself: writing it would replace the input; choose \
+                 another output file",
+                out.display(),
+                input.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Whether `out` names the file `input` names: the same (device, inode) when both exist.
+/// An output that does not exist yet is where it would be created: its path made absolute,
+/// `.` and `..` resolved (the folders `create_parent` makes are plain ones), and its longest
+/// existing ancestor canonicalised (symlinks followed), compared with the canonical input.
+fn same_file(input: &Path, out: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Component;
+    let Ok(inp) = std::fs::metadata(input) else {
+        return false; // a missing input is reported by the read
+    };
+    if let Ok(o) = std::fs::metadata(out) {
+        return (inp.dev(), inp.ino()) == (o.dev(), o.ino());
+    }
+    let (Ok(input), Ok(cwd)) = (input.canonicalize(), std::env::current_dir()) else {
+        return false;
+    };
+    let mut target = PathBuf::new();
+    for c in cwd.join(out).components() {
+        match c {
+            Component::ParentDir => {
+                target.pop();
+            }
+            Component::CurDir => {}
+            other => target.push(other),
+        }
+    }
+    let mut rest = Vec::new();
+    while !target.exists() {
+        match target.file_name() {
+            Some(name) => rest.push(name.to_owned()),
+            None => return false,
+        }
+        target.pop();
+    }
+    let Ok(mut resolved) = target.canonicalize() else {
+        return false;
+    };
+    resolved.extend(rest.iter().rev());
+    resolved == input
 }
 
 fn create_parent(out: &Path) -> Result<()> {

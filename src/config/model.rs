@@ -299,7 +299,7 @@ impl VggConfig {
                 format!(
                     "{params} parameters ({} GiB of float32 each copy, four copies to train) is \
                      beyond the {MAX_PARAMETERS} this toolkit allocates; lower fc, width or classes",
-                    params * 4 >> 30
+                    (params * 4) >> 30
                 ),
             ));
         }

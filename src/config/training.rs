@@ -249,6 +249,12 @@ pub fn validate(
     if t.sync_timeout == 0 {
         return bad("training.sync_timeout", "must be at least 1 second".into());
     }
+    if t.val_limit == Some(0) {
+        return bad(
+            "training.val_limit",
+            "0 validates on no images; give at least 1, or leave it out for every image".into(),
+        );
+    }
     if t.log_every == 0 {
         return bad("training.log_every", "must be at least 1".into());
     }

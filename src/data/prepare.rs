@@ -25,6 +25,7 @@ use crate::data::manifest::{
 };
 use crate::data::shard::{self, Encoding, RecordFlags, ShardError, ShardReader, ShardWriter};
 use crate::data::source::{self, synthetic, Listing, Skipped, SourceError, SourceFile, Split};
+use crate::data::store::{self, StoreError};
 
 /// Records decoded in parallel before being appended in order.
 const CHUNK: usize = 128;
@@ -96,6 +97,8 @@ pub enum PrepareError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Shard(#[from] ShardError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -266,10 +269,149 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> PrepareError + '_ {
     }
 }
 
-/// A shard on disk that matches its plan, if there is one.
-fn existing(plan: &Plan, sp: &ShardPlan) -> Option<ShardReader> {
-    let r = ShardReader::open(&plan.dir.join(&sp.file)).ok()?;
-    (r.header().plan_hash == sp.hash).then_some(r)
+/// Whether `dir` holds shard `sp` of this plan, whole: its header carries the plan's hash and
+/// every record matches its CRC-32C (this reads the shard). A damaged shard is logged and redone.
+fn intact(dir: &Path, sp: &ShardPlan) -> bool {
+    let path = dir.join(&sp.file);
+    let Ok(r) = ShardReader::open(&path) else {
+        return false;
+    };
+    if r.header().plan_hash != sp.hash {
+        return false;
+    }
+    match r.check_all() {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "damaged shard; writing it again");
+            false
+        }
+    }
+}
+
+/// The sibling folder where a replacement of the store in `live` is built, then swapped in.
+pub fn staging_dir(live: &Path) -> PathBuf {
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    live.with_file_name(format!(".{name}.next"))
+}
+
+/// The identity fields of a manifest, read leniently (an older or damaged manifest still names
+/// its dataset).
+#[derive(Deserialize)]
+struct Owner {
+    dataset: String,
+    source: OwnerSource,
+}
+
+#[derive(Deserialize)]
+struct OwnerSource {
+    kind: SourceKind,
+    root: String,
+}
+
+/// Refuses to write into `dir` when it holds another dataset's store: its manifest, or failing
+/// that its shards, name another dataset.
+fn check_folder_owner(spec: &DatasetSpec, dir: &Path) -> Result<(), PrepareError> {
+    let text = std::fs::read_to_string(dir.join(manifest::FILE_NAME));
+    if let Some(o) = text
+        .ok()
+        .and_then(|t| serde_json::from_str::<Owner>(&t).ok())
+    {
+        store::check_owner(dir, &o.dataset, o.source.kind, &o.source.root, spec)?;
+        return Ok(());
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != shard::EXTENSION) {
+            continue;
+        }
+        let Ok(r) = ShardReader::open(&path) else {
+            continue;
+        };
+        if let Ok(meta) = serde_json::from_slice::<ShardMeta>(r.meta()) {
+            if meta.dataset != spec.name {
+                return Err(StoreError::OtherDataset {
+                    dir: dir.to_path_buf(),
+                    found: meta.dataset,
+                    why: format!(" (shard {})", path.display()),
+                    expected: spec.name.clone(),
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Puts the intact shard `file` of the live store into the staging folder: a hard link (the
+/// bytes are immutable), or a copy where links are not possible.
+fn adopt(live: &Path, work: &Path, file: &str) -> Result<(), PrepareError> {
+    let (from, to) = (live.join(file), work.join(file));
+    let _ = std::fs::remove_file(&to);
+    if std::fs::hard_link(&from, &to).is_ok() {
+        return Ok(());
+    }
+    let tmp = crate::util::fs::temp_path(&to);
+    std::fs::copy(&from, &tmp).map_err(io_at(&tmp))?;
+    std::fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(&tmp))?;
+    std::fs::rename(&tmp, &to).map_err(io_at(&to))
+}
+
+/// Swaps the finished store in `stage` with the one in `live` in one atomic step (Linux
+/// `renameat2(RENAME_EXCHANGE)`), then removes the old one. Where the exchange is not supported,
+/// two renames; a crash between them leaves no `live` folder, which the next run repairs.
+fn commit(stage: &Path, live: &Path) -> Result<(), PrepareError> {
+    crate::util::fs::sync_dir(stage);
+    if !exchange(stage, live) {
+        let old = live.with_file_name(format!(
+            "{}.old",
+            stage.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(live, &old).map_err(io_at(live))?;
+        std::fs::rename(stage, live).map_err(io_at(live))?;
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    if let Some(parent) = live.parent() {
+        crate::util::fs::sync_dir(parent);
+    }
+    // `stage` now holds the old store.
+    let _ = std::fs::remove_dir_all(stage);
+    Ok(())
+}
+
+#[cfg(target_os = "linux")]
+fn exchange(a: &Path, b: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let (Ok(a), Ok(b)) = (
+        std::ffi::CString::new(a.as_os_str().as_bytes()),
+        std::ffi::CString::new(b.as_os_str().as_bytes()),
+    ) else {
+        return false;
+    };
+    // SAFETY: two valid NUL-terminated paths; the call reads them and touches no other memory.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn exchange(_: &Path, _: &Path) -> bool {
+    false
 }
 
 fn prepare_split(
@@ -281,8 +423,58 @@ fn prepare_split(
 ) -> Result<SplitReport, PrepareError> {
     let started = Instant::now();
     let plan = plan(spec, listing);
-    std::fs::create_dir_all(&plan.dir).map_err(io_at(&plan.dir))?;
+    let live = plan.dir.clone();
+    let stage = staging_dir(&live);
+    // A crash between the two renames of the fallback commit leaves only the new store.
+    if !live.exists() && stage.join(manifest::FILE_NAME).is_file() {
+        std::fs::rename(&stage, &live).map_err(io_at(&live))?;
+    }
+    check_folder_owner(spec, &live)?;
     let mine = part_range(plan.shards.len(), opts.part);
+    let n = plan.shards.len();
+    // good[k]: shard k of this plan is whole in `work` (checked or written by this run).
+    let mut good = vec![false; n];
+    // A committed store is never changed in place: a replacement is built beside it and swapped
+    // in whole. Only when it already holds every shard of this plan (and no replacement is under
+    // way) is its manifest simply written again.
+    let work = if !live.join(manifest::FILE_NAME).is_file() {
+        live.clone()
+    } else {
+        let whole_run = opts.part.is_none();
+        let all_live: Vec<bool> = if whole_run && !stage.exists() {
+            plan.shards.par_iter().map(|sp| intact(&live, sp)).collect()
+        } else {
+            Vec::new()
+        };
+        if !all_live.is_empty() && all_live.iter().all(|&ok| ok) {
+            good.iter_mut().for_each(|g| *g = true);
+            live.clone()
+        } else {
+            check_folder_owner(spec, &stage)?;
+            std::fs::create_dir_all(&stage).map_err(io_at(&stage))?;
+            sweep_temporaries(&stage)?;
+            let range = if opts.merge { 0..n } else { mine.clone() };
+            let in_stage: Vec<bool> = plan.shards[range.clone()]
+                .par_iter()
+                .map(|sp| intact(&stage, sp))
+                .collect();
+            for (k, ok) in range.zip(in_stage) {
+                let sp = &plan.shards[k];
+                if ok {
+                    good[k] = true;
+                } else if all_live
+                    .get(k)
+                    .copied()
+                    .unwrap_or_else(|| intact(&live, sp))
+                {
+                    adopt(&live, &stage, &sp.file)?;
+                    good[k] = true;
+                }
+            }
+            stage.clone()
+        }
+    };
+    std::fs::create_dir_all(&work).map_err(io_at(&work))?;
     let mut report = SplitReport {
         split: listing.split,
         part: opts.part,
@@ -298,11 +490,20 @@ fn prepare_split(
         manifest: None,
     };
     if !opts.merge {
-        sweep_temporaries(&plan.dir)?;
+        sweep_temporaries(&work)?;
+        let checked: Vec<bool> = plan.shards[mine.clone()]
+            .par_iter()
+            .map(|sp| good[sp.number] || intact(&work, sp))
+            .collect();
         let todo: Vec<&ShardPlan> = plan.shards[mine.clone()]
             .iter()
-            .filter(|sp| existing(&plan, sp).is_none())
+            .zip(&checked)
+            .filter(|(_, &ok)| !ok)
+            .map(|(sp, _)| sp)
             .collect();
+        for k in mine.clone() {
+            good[k] = true; // kept, or written below (or the run stops)
+        }
         let total: u64 = plan.shards[mine.clone()]
             .iter()
             .map(|s| (s.end - s.start) as u64)
@@ -318,7 +519,7 @@ fn prepare_split(
                     written: report.shards_written,
                 });
             }
-            let written = write_shard(spec, listing, &plan, sp, progress, cancel)?;
+            let written = write_shard(spec, listing, &work, sp, progress, cancel)?;
             match written {
                 Some(n) => {
                     report.shards_written += 1;
@@ -335,19 +536,29 @@ fn prepare_split(
         }
         progress.finish();
     }
-    // Assemble the manifest when every planned shard is there (always, for a whole run; for a
-    // part, only if it happens to be the last to finish; `--merge` insists).
-    let missing: Vec<&ShardPlan> = plan
-        .shards
-        .iter()
-        .filter(|sp| existing(&plan, sp).is_none())
+    // Shards of other parts (or all of them, for `--merge`) are checked here.
+    let unknown: Vec<usize> = (0..n).filter(|&k| !good[k]).collect();
+    let found: Vec<bool> = unknown
+        .par_iter()
+        .map(|&k| intact(&work, &plan.shards[k]))
         .collect();
-    if missing.is_empty() {
-        let m = assemble(spec, listing, &plan)?;
+    for (&k, ok) in unknown.iter().zip(found) {
+        good[k] = ok;
+    }
+    let missing: Vec<&ShardPlan> = plan.shards.iter().filter(|sp| !good[sp.number]).collect();
+    // Assemble the manifest when every planned shard is there (always, for a whole run; for a
+    // part, only if it happens to be the last to finish; `--merge` insists). A replacement built
+    // beside a committed store is swapped in by a whole run or `--merge`, never by one part.
+    let may_commit = work == live || opts.part.is_none();
+    if missing.is_empty() && may_commit {
+        let m = assemble(spec, listing, &plan, &work)?;
+        if work != live {
+            commit(&work, &live)?;
+        }
         report.records = m.records;
         report.skipped = m.skipped;
         report.bytes = m.bytes;
-        report.manifest = Some(plan.dir.join(manifest::FILE_NAME));
+        report.manifest = Some(live.join(manifest::FILE_NAME));
     } else if opts.merge || opts.part.is_none() {
         return Err(PrepareError::Incomplete {
             split: listing.split,
@@ -457,12 +668,12 @@ fn convert(bytes: Vec<u8>, policy: &StorePolicy) -> Result<Prepared, DecodeError
 fn write_shard(
     spec: &DatasetSpec,
     listing: &Listing,
-    plan: &Plan,
+    dir: &Path,
     sp: &ShardPlan,
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<Option<u64>, PrepareError> {
-    let path = plan.dir.join(&sp.file);
+    let path = dir.join(&sp.file);
     let mut writer = ShardWriter::create(&path, sp.hash)?;
     let mut meta = ShardMeta {
         dataset: spec.name.clone(),
@@ -524,14 +735,19 @@ fn write_shard(
 }
 
 /// Builds and writes the manifest and skipped report from the listing and the shard files.
-fn assemble(spec: &DatasetSpec, listing: &Listing, plan: &Plan) -> Result<Manifest, PrepareError> {
+fn assemble(
+    spec: &DatasetSpec,
+    listing: &Listing,
+    plan: &Plan,
+    dir: &Path,
+) -> Result<Manifest, PrepareError> {
     let mut shards = Vec::with_capacity(plan.shards.len());
     let mut counts = vec![0u64; listing.classes.len()];
     let mut skipped = listing.skipped.clone();
     let mut conversions = Conversions::default();
     let mut bytes = 0u64;
     for sp in &plan.shards {
-        let path = plan.dir.join(&sp.file);
+        let path = dir.join(&sp.file);
         let r = ShardReader::open(&path)?;
         let meta: ShardMeta =
             serde_json::from_slice(r.meta()).map_err(|e| ShardError::Incomplete {
@@ -553,6 +769,7 @@ fn assemble(spec: &DatasetSpec, listing: &Listing, plan: &Plan) -> Result<Manife
             bytes: r.header().file_len,
             source_start: sp.start as u64,
             source_end: sp.end as u64,
+            header_crc: r.header().header_crc,
         });
     }
     let records = shards.iter().map(|s| s.records).sum();
@@ -587,11 +804,16 @@ fn assemble(spec: &DatasetSpec, listing: &Listing, plan: &Plan) -> Result<Manife
             })
             .collect(),
         shards,
+        checksum: String::new(),
     };
-    let skipped_path = plan.dir.join(manifest::SKIPPED_FILE);
+    let m = Manifest {
+        checksum: m.content_checksum(),
+        ..m
+    };
+    let skipped_path = dir.join(manifest::SKIPPED_FILE);
     crate::util::fs::write_atomic(&skipped_path, manifest::skipped_tsv(&skipped).as_bytes())
         .map_err(io_at(&skipped_path))?;
-    let manifest_path = plan.dir.join(manifest::FILE_NAME);
+    let manifest_path = dir.join(manifest::FILE_NAME);
     crate::util::fs::write_atomic(&manifest_path, m.to_json().as_bytes())
         .map_err(io_at(&manifest_path))?;
     Ok(m)

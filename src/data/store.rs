@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use serde::Serialize;
 
+use crate::config::registry::{DatasetSpec, SourceKind};
 use crate::data::imaging;
 use crate::data::manifest::{self, Conversions, Manifest, ManifestClass, ManifestError};
 use crate::data::shard::{Encoding, RecordRef, ShardError, ShardReader};
@@ -32,6 +33,20 @@ pub enum StoreError {
         found: u64,
         expected: u64,
     },
+    /// A shard is not the one the manifest was assembled from, or the manifest contradicts
+    /// itself.
+    #[error(
+        "{path}: {reason}; the store is damaged or was edited, re-run `vgg prepare` to rebuild it"
+    )]
+    Inconsistent { path: PathBuf, reason: String },
+    /// The store belongs to another dataset than the one named.
+    #[error("{dir}: holds the store of dataset `{found}`{why}, not of `{expected}`: two datasets share this shard folder; give one of them its own `shards` in the registry")]
+    OtherDataset {
+        dir: PathBuf,
+        found: String,
+        why: String,
+        expected: String,
+    },
     #[error("cannot start worker threads: {0}")]
     Threads(String),
     #[error("interrupted after checking {records} records; nothing was changed")]
@@ -45,12 +60,22 @@ pub struct PreparedSplit {
     pub shards: Vec<ShardReader>,
     /// `offsets[k]` is the global index of shard k's first record; the last entry is the total.
     offsets: Vec<u64>,
+    /// Whether [`PreparedSplit::record`] checks each record's CRC-32C.
+    record_checks: bool,
 }
 
 impl PreparedSplit {
-    /// Opens the split in `dir`: reads the manifest and maps and validates every shard.
+    /// Opens the split in `dir`: reads the manifest (checking its checksum), maps and validates
+    /// every shard, and checks each shard against its manifest entry (size, record count, header
+    /// CRC) and the manifest's totals against its shards and classes. Record bytes are checked
+    /// as they are read ([`PreparedSplit::record`]); `verify` reads them all.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let manifest = Manifest::read(dir)?;
+        let manifest_path = dir.join(manifest::FILE_NAME);
+        let inconsistent = |reason: String| StoreError::Inconsistent {
+            path: manifest_path.clone(),
+            reason,
+        };
         let mut shards = Vec::with_capacity(manifest.shards.len());
         let mut offsets = vec![0u64];
         for s in &manifest.shards {
@@ -63,15 +88,66 @@ impl PreparedSplit {
                     expected: s.records,
                 });
             }
+            if let Some(reason) = shard_differs(&r, s) {
+                return Err(StoreError::Inconsistent { path, reason });
+            }
             offsets.push(offsets.last().unwrap() + s.records);
             shards.push(r);
+        }
+        let total = *offsets.last().unwrap();
+        if total != manifest.records {
+            return Err(inconsistent(format!(
+                "the shards listed hold {total} records, the manifest says {}",
+                manifest.records
+            )));
+        }
+        let bytes: u64 = manifest.shards.iter().map(|s| s.bytes).sum();
+        if bytes != manifest.bytes {
+            return Err(inconsistent(format!(
+                "the shards listed hold {bytes} bytes, the manifest says {}",
+                manifest.bytes
+            )));
+        }
+        let per_class: u64 = manifest.classes.iter().map(|c| c.records).sum();
+        if per_class != manifest.records {
+            return Err(inconsistent(format!(
+                "the class counts add up to {per_class} records, the manifest says {}",
+                manifest.records
+            )));
+        }
+        if let Some((i, c)) = manifest
+            .classes
+            .iter()
+            .enumerate()
+            .find(|(i, c)| c.index as usize != *i)
+        {
+            return Err(inconsistent(format!(
+                "class `{}` is listed at position {i} with index {}",
+                c.wnid, c.index
+            )));
         }
         Ok(PreparedSplit {
             dir: dir.to_path_buf(),
             manifest,
             shards,
             offsets,
+            record_checks: true,
         })
+    }
+
+    /// [`PreparedSplit::open`], but [`PreparedSplit::record`] skips the records' CRC check: only
+    /// for measuring what the check costs (`vgg bench loader`).
+    pub fn open_without_record_checks(dir: &Path) -> Result<Self, StoreError> {
+        let mut s = Self::open(dir)?;
+        s.record_checks = false;
+        Ok(s)
+    }
+
+    /// Refuses a store made for another dataset than `spec` (another name or source kind, or,
+    /// where both folders exist, another source root).
+    pub fn check_dataset(&self, spec: &DatasetSpec) -> Result<(), StoreError> {
+        let m = &self.manifest;
+        check_owner(&self.dir, &m.dataset, m.source.kind, &m.source.root, spec)
     }
 
     /// Total number of records.
@@ -83,16 +159,21 @@ impl PreparedSplit {
         self.len() == 0
     }
 
-    /// (shard, record within shard) of a global record index. Panics when out of range.
     /// Record `global` (numbered across the split's shards in manifest order); a damaged index
     /// entry is an error naming its shard and record.
     ///
     /// # Panics
     ///
     /// If `global >= self.len()`.
+    /// The record's bytes are checked against its CRC-32C: a damaged record is
+    /// [`ShardError::RecordChecksum`], naming the shard, the record and its key.
     pub fn record(&self, global: u64) -> Result<RecordRef<'_>, ShardError> {
         let (k, i) = self.locate(global);
-        self.shards[k].record(i)
+        if self.record_checks {
+            self.shards[k].check_record(i)
+        } else {
+            self.shards[k].record(i)
+        }
     }
 
     /// The shard file holding record `global`.
@@ -100,11 +181,72 @@ impl PreparedSplit {
         self.shards[self.locate(global).0].path()
     }
 
+    /// (shard, record within shard) of a global record index.
+    ///
+    /// # Panics
+    ///
+    /// If `global >= self.len()`.
     pub fn locate(&self, global: u64) -> (usize, usize) {
         assert!(global < self.len(), "record {global} out of range");
         let k = self.offsets.partition_point(|&o| o <= global) - 1;
         (k, (global - self.offsets[k]) as usize)
     }
+}
+
+/// Why shard `r` is not the one manifest entry `s` describes, if it is not.
+fn shard_differs(r: &ShardReader, s: &manifest::ManifestShard) -> Option<String> {
+    let h = r.header();
+    if h.file_len != s.bytes {
+        return Some(format!(
+            "shard is {} bytes, the manifest says {}",
+            h.file_len, s.bytes
+        ));
+    }
+    if h.header_crc != s.header_crc {
+        return Some(format!(
+            "shard header CRC {:#010x}, the manifest says {:#010x}: not the shard the manifest was made from",
+            h.header_crc, s.header_crc
+        ));
+    }
+    None
+}
+
+/// Refuses the store in `dir`, made for `dataset` from a `kind` source at `root`, when `spec` is
+/// another dataset: another name, another source kind, or (where both folders exist) another
+/// source root.
+pub fn check_owner(
+    dir: &Path,
+    dataset: &str,
+    kind: SourceKind,
+    root: &str,
+    spec: &DatasetSpec,
+) -> Result<(), StoreError> {
+    let other = |why: String| StoreError::OtherDataset {
+        dir: dir.to_path_buf(),
+        found: dataset.to_string(),
+        why,
+        expected: spec.name.clone(),
+    };
+    if dataset != spec.name {
+        return Err(other(String::new()));
+    }
+    if kind != spec.source {
+        return Err(other(format!(
+            " (a {kind} source; this one is {})",
+            spec.source
+        )));
+    }
+    let stored = Path::new(root);
+    if let (Ok(a), Ok(b)) = (stored.canonicalize(), spec.root.canonicalize()) {
+        if a != b {
+            return Err(other(format!(
+                " (made from {}; this one reads {})",
+                a.display(),
+                b.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The split directories under `dir`.
@@ -116,7 +258,12 @@ pub fn find_splits(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
         .map(|rd| {
             rd.filter_map(|e| e.ok())
                 .map(|e| e.path())
-                .filter(|p| p.join(manifest::FILE_NAME).is_file())
+                .filter(|p| {
+                    let hidden = p
+                        .file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+                    !hidden && p.join(manifest::FILE_NAME).is_file()
+                })
                 .collect()
         })
         .unwrap_or_default();
@@ -302,6 +449,8 @@ pub fn verify(
         let m = Manifest::read(&d)?;
         let total: u64 = m.shards.iter().map(|s| s.records).sum();
         let done = AtomicU64::new(0);
+        let mut counted = vec![0u64; m.classes.len()];
+        let mut records_seen = 0u64;
         progress.start(&format!("verify {}", m.split), total, 0);
         for s in &m.shards {
             if cancel.is_cancelled() {
@@ -324,52 +473,153 @@ pub fn verify(
                     continue;
                 }
             };
-            if r.len() as u64 != s.records || r.header().file_len != s.bytes {
+            let mismatch = if r.len() as u64 != s.records {
+                Some(format!(
+                    "shard has {} records, the manifest says {}",
+                    r.len(),
+                    s.records
+                ))
+            } else {
+                shard_differs(&r, s)
+            };
+            if let Some(reason) = mismatch {
                 report.failures.push(VerifyFailure {
                     shard: path.clone(),
                     record: None,
                     key: None,
-                    reason: format!(
-                        "shard has {} records / {} bytes, the manifest says {} / {}",
-                        r.len(),
-                        r.header().file_len,
-                        s.records,
-                        s.bytes
-                    ),
+                    reason,
                 });
             }
-            let failures: Vec<VerifyFailure> = pool.install(|| {
+            let expect = Expect {
+                encoding: m.store.encoding,
+                wnids: m.classes.iter().map(|c| c.wnid.clone()).collect(),
+            };
+            let (failures, labels): (Vec<VerifyFailure>, Vec<u32>) = pool.install(|| {
                 (0..r.len())
                     .into_par_iter()
-                    .filter_map(|i| {
+                    .map(|i| {
                         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                         if n.is_multiple_of(256) || n == total {
                             progress.set_position(n);
                         }
-                        check_one(&r, i).err().map(|(key, reason)| VerifyFailure {
-                            shard: path.clone(),
-                            record: Some(i),
-                            key,
-                            reason,
-                        })
+                        let label = r.record(i).map_or(u32::MAX, |x| x.label);
+                        let failure =
+                            check_one(&r, i, &expect)
+                                .err()
+                                .map(|(key, reason)| VerifyFailure {
+                                    shard: path.clone(),
+                                    record: Some(i),
+                                    key,
+                                    reason,
+                                });
+                        (failure, label)
                     })
-                    .collect()
+                    .fold(
+                        || (Vec::new(), Vec::new()),
+                        |(mut f, mut l), (failure, label)| {
+                            f.extend(failure);
+                            l.push(label);
+                            (f, l)
+                        },
+                    )
+                    .reduce(
+                        || (Vec::new(), Vec::new()),
+                        |(mut f, mut l), (f2, l2)| {
+                            f.extend(f2);
+                            l.extend(l2);
+                            (f, l)
+                        },
+                    )
             });
+            for l in labels {
+                if let Some(c) = counted.get_mut(l as usize) {
+                    *c += 1;
+                }
+            }
             report.failures.extend(failures);
             report.records += r.len() as u64;
             report.bytes += r.header().file_len;
+            records_seen += r.len() as u64;
         }
         progress.finish();
+        let manifest_path = d.join(manifest::FILE_NAME);
+        let mut whole = |reason: String| {
+            report.failures.push(VerifyFailure {
+                shard: manifest_path.clone(),
+                record: None,
+                key: None,
+                reason,
+            })
+        };
+        if records_seen != m.records {
+            whole(format!(
+                "the shards listed hold {records_seen} records, the manifest says {}",
+                m.records
+            ));
+        }
+        let bytes: u64 = m.shards.iter().map(|s| s.bytes).sum();
+        if bytes != m.bytes {
+            whole(format!(
+                "the shards listed hold {bytes} bytes, the manifest says {}",
+                m.bytes
+            ));
+        }
+        for (i, c) in m.classes.iter().enumerate() {
+            if c.index as usize != i || c.records != counted[i] {
+                whole(format!(
+                    "class `{}` (index {} at position {i}): the manifest says {} records, the shards hold {} with label {i}",
+                    c.wnid, c.index, c.records, counted[i]
+                ));
+            }
+        }
     }
     Ok(report)
 }
 
-fn check_one(r: &ShardReader, i: usize) -> Result<(), (Option<String>, String)> {
+/// What every record of a split must be.
+struct Expect {
+    encoding: Encoding,
+    /// Class wnids by label.
+    wnids: Vec<String>,
+}
+
+fn check_one(r: &ShardReader, i: usize, expect: &Expect) -> Result<(), (Option<String>, String)> {
     let rec = r.check_record(i).map_err(|e| {
         let key = r.record(i).ok().map(|x| x.key.to_string());
         (key, e.to_string())
     })?;
     let key = Some(rec.key.to_string());
+    if rec.encoding != expect.encoding {
+        return Err((
+            key,
+            format!(
+                "stored as {:?}, the manifest's store policy says {:?}",
+                rec.encoding, expect.encoding
+            ),
+        ));
+    }
+    let Some(wnid) = expect.wnids.get(rec.label as usize) else {
+        return Err((
+            key,
+            format!(
+                "label {} but the manifest lists {} classes",
+                rec.label,
+                expect.wnids.len()
+            ),
+        ));
+    };
+    // A key in a class folder names its class: the folder is the class's wnid.
+    if let Some((folder, _)) = rec.key.split_once('/') {
+        if folder != wnid {
+            return Err((
+                key,
+                format!(
+                    "in folder `{folder}` with label {}, which the manifest says is class `{wnid}`",
+                    rec.label
+                ),
+            ));
+        }
+    }
     match rec.encoding {
         Encoding::Raw => {
             let want = rec.width as u64 * rec.height as u64 * 3;

@@ -53,7 +53,6 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::ops::Range;
 use std::path::Path;
 use std::time::Instant;
 
@@ -67,9 +66,12 @@ use crate::data::augment;
 use crate::data::loader::LoaderError;
 use crate::data::shard::Encoding;
 use crate::data::store::PreparedSplit;
-use crate::net::checkpoint::{check_layout, Checkpoint, CheckpointError, NamedTensor};
+use crate::net::checkpoint::{
+    check_layout, Checkpoint, CheckpointError, CheckpointInfo, NamedTensor,
+};
 use crate::net::graph::vgg::{dense_graph, forward_graph};
 use crate::net::session::{self, Device, SessionError, SessionSettings};
+pub use crate::train::run::{sample_records, LimitError, SAMPLE_SEED};
 use crate::util::progress::{Cancel, Progress};
 
 use super::protocol::{crop_grid, PosteriorSum, Protocol};
@@ -94,16 +96,23 @@ impl Network {
     /// Loads a checkpoint (validated by [`Checkpoint::load`]); the network is named after the
     /// file stem. Momentum buffers and trainer state are dropped.
     pub fn from_checkpoint(path: &Path) -> Result<Self, EvalError> {
-        let ck = Checkpoint::load(path)?;
+        Ok(Self::from_checkpoint_with_info(path)?.0)
+    }
+
+    /// [`Network::from_checkpoint`] with what the file says beyond its tensors (its class
+    /// list, whether its checksums were checked).
+    pub fn from_checkpoint_with_info(path: &Path) -> Result<(Self, CheckpointInfo), EvalError> {
+        let (ck, info) = Checkpoint::load_with_info(path)?;
         let name = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| ck.config.name.clone());
-        Ok(Network {
+        let net = Network {
             name,
             config: ck.config,
             params: ck.params,
-        })
+        };
+        Ok((net, info))
     }
 }
 
@@ -120,8 +129,11 @@ pub struct EvalSettings {
     pub grid: u32,
     /// Mean RGB subtracted from every pixel (0-255 scale; [`augment::VGG_MEAN`]).
     pub mean: [f32; 3],
-    /// Evaluate only the first `limit` records of the split.
+    /// Evaluate only `limit` records: a fixed sample spread over all classes, drawn from
+    /// `sample_seed` ([`sample_records`]), in record order. `Some(0)` is an error.
     pub limit: Option<u64>,
+    /// The seed of the `limit` sample ([`SAMPLE_SEED`]: the trainer's validation images).
+    pub sample_seed: u64,
     pub session: SessionSettings,
     /// Most inputs per run: images (with their mirrors) for dense evaluation, crops otherwise.
     pub batch: usize,
@@ -179,6 +191,20 @@ pub enum EvalError {
     Record(#[from] LoaderError),
     #[error("nothing to evaluate: no networks given")]
     NoNetworks,
+    /// No images to evaluate (an empty split, or a limit of 0): there is no error rate.
+    #[error("nothing to evaluate: {0}")]
+    NoImages(#[from] LimitError),
+    /// A parameter holds NaN or an infinity: every posterior would be NaN.
+    #[error(
+        "network {network}: tensor `{tensor}` holds {value} (at element {index}); the \
+         network's outputs would not be numbers (a diverged run?)"
+    )]
+    NonFinite {
+        network: String,
+        tensor: String,
+        index: usize,
+        value: f32,
+    },
     #[error("invalid evaluation settings: {0}")]
     Settings(String),
     #[error(
@@ -293,7 +319,7 @@ pub fn posteriors(
     progress: &dyn Progress,
     cancel: &Cancel,
 ) -> Result<Posteriors, EvalError> {
-    let total = total_images(split, s) as usize;
+    let total = records(split, s)?.len();
     let classes = nets.first().map_or(0, |n| n.config.classes as usize);
     let mut out = Posteriors {
         indices: Vec::with_capacity(total),
@@ -331,8 +357,9 @@ fn top5(post: &[f32]) -> Vec<(u32, f32)> {
         .collect()
 }
 
-fn total_images(split: &PreparedSplit, s: &EvalSettings) -> u64 {
-    s.limit.map_or(split.len(), |l| l.min(split.len()))
+/// The records an evaluation reads, in record order.
+fn records(split: &PreparedSplit, s: &EvalSettings) -> Result<Vec<u64>, EvalError> {
+    Ok(sample_records(split, s.limit, s.sample_seed)?)
 }
 
 /// One chunk's posteriors, handed to the sink of [`run_chunks`].
@@ -530,15 +557,28 @@ fn validate(split: &PreparedSplit, nets: &[Network], s: &EvalSettings) -> Result
             network: net.name.clone(),
             source: Box::new(source),
         })?;
+        for t in &net.params {
+            if let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(EvalError::NonFinite {
+                    network: net.name.clone(),
+                    tensor: t.name.clone(),
+                    index,
+                    value,
+                });
+            }
+        }
     }
     Ok(())
 }
 
-/// Decodes records `range` of `split` in parallel.
-fn decode_chunk(split: &PreparedSplit, range: Range<u64>) -> Result<Vec<Decoded<'_>>, EvalError> {
-    range
-        .into_par_iter()
-        .map(|g| {
+/// Decodes `records` of `split` in parallel.
+fn decode_chunk<'a>(
+    split: &'a PreparedSplit,
+    records: &[u64],
+) -> Result<Vec<Decoded<'a>>, EvalError> {
+    records
+        .par_iter()
+        .map(|&g| {
             augment::with_record(split, g, |rec, scratch| {
                 let (w, h, px) = augment::decode_record(rec, scratch)?;
                 let rgb = match rec.encoding {
@@ -778,27 +818,25 @@ fn run_chunks(
         .map(|n| Runner::new(n, s))
         .collect::<Result<Vec<_>, _>>()?;
     let classes = nets[0].config.classes;
-    let total = total_images(split, s);
-    let range = |start: u64| start..(start + CHUNK_IMAGES as u64).min(total);
+    let records = records(split, s)?;
+    let total = records.len() as u64;
+    let mut chunks = records.chunks(CHUNK_IMAGES);
     let started = Instant::now();
     if cancel.is_cancelled() {
         return Err(EvalError::Interrupted { images: 0, total });
     }
     progress.start("eval", total, 0);
-    if total == 0 {
-        progress.finish();
-        return Ok(0.0);
-    }
     let mut buf = Vec::new();
+    let mut done = 0u64;
     let result = std::thread::scope(|scope| -> Result<(), EvalError> {
-        let mut current = decode_chunk(split, range(0))?;
+        let first = chunks.next().expect("records() is never empty");
+        let mut current = decode_chunk(split, first)?;
         loop {
-            let next_start = current.last().map_or(total, |d| d.index + 1);
+            let next_start = done + current.len() as u64;
             // Decode the next chunk while this one runs through the networks.
-            let next = (next_start < total).then(|| {
-                let r = range(next_start);
-                scope.spawn(move || decode_chunk(split, r))
-            });
+            let next = chunks
+                .next()
+                .map(|r| scope.spawn(move || decode_chunk(split, r)));
             let n = current.len();
             let indices: Vec<u64> = current.iter().map(|d| d.index).collect();
             let labels: Vec<i64> = current.iter().map(|d| d.label).collect();
@@ -841,7 +879,8 @@ fn run_chunks(
                 fused: &fused,
                 per_network: &per_net,
             });
-            progress.set_position(next_start);
+            done = next_start;
+            progress.set_position(done);
             drop(current);
             if next.is_some() && cancel.is_cancelled() {
                 return Err(EvalError::Interrupted {

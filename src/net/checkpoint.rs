@@ -16,7 +16,14 @@
 //! * optionally every momentum buffer under `NAME.momentum` (the training graph's input name);
 //! * header metadata (strings): `vgg.format` = `"1"`, `vgg.config` = the [`VggConfig`] as JSON
 //!   (the checkpoint describes its own network, so nothing else is needed to load it), and
-//!   optionally `vgg.state` = the trainer's state as JSON (epoch, step, learning rate, ...).
+//!   optionally `vgg.state` = the trainer's state as JSON (epoch, step, learning rate, ...),
+//!   `vgg.classes` = the class list (wnids, in label order) of the data the network was trained
+//!   on ([`Checkpoint::save_with_classes`]; every checkpoint `vgg train` writes has one), and
+//!   `vgg.crc32c` = a JSON object mapping every tensor's name to the CRC-32C of its stored
+//!   bytes (every file this module writes has one).
+//!
+//! The header is written with its keys in a fixed order (metadata keys sorted, tensors in the
+//! order given), so the same tensors and metadata give the same bytes in every process.
 //!
 //! ## Safety of the file
 //! Writes are atomic: the file is written next to its destination under a temporary name,
@@ -28,10 +35,13 @@
 //! Loading validates every tensor against the parameters the stored configuration implies
 //! ([`parameters`]): a missing tensor, a wrong shape, a wrong dtype or an unknown extra tensor
 //! is an error that names the tensor (and both shapes), rather than a crash or a silently
-//! wrong network later.
+//! wrong network later. A tensor whose bytes do not match their stored CRC-32C (damage inside
+//! the data, which the safetensors header cannot see) is [`CheckpointError::Checksum`] naming
+//! the tensor. Files without checksums or without a class list (older checkpoints, tensor files
+//! from other tools) still load; [`CheckpointInfo::notes`] says what could not be checked.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
@@ -50,6 +60,86 @@ pub const FORMAT_VERSION: &str = "1";
 pub const CONFIG_KEY: &str = "vgg.config";
 /// Metadata key of the trainer state (JSON).
 pub const STATE_KEY: &str = "vgg.state";
+/// Metadata key of the class list (JSON array of wnids, in label order).
+pub const CLASSES_KEY: &str = "vgg.classes";
+/// Metadata key of the per-tensor checksums (JSON object: tensor name -> CRC-32C of its bytes).
+pub const CHECKSUMS_KEY: &str = "vgg.crc32c";
+
+/// What a loaded file says beyond its tensors.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointInfo {
+    /// The class list the network was trained on (wnids, in label order), if the file has one.
+    pub classes: Option<Vec<String>>,
+    /// Every tensor's bytes were checked against a stored CRC-32C.
+    pub checksummed: bool,
+}
+
+impl CheckpointInfo {
+    /// What could not be checked, one sentence each (empty for a checkpoint of this build).
+    pub fn notes(&self, path: &Path) -> Vec<String> {
+        let mut notes = Vec::new();
+        if !self.checksummed {
+            notes.push(format!(
+                "{}: no tensor checksums (an older checkpoint or another tool's file): damage \
+                 inside its tensors cannot be detected",
+                path.display()
+            ));
+        }
+        if self.classes.is_none() {
+            notes.push(format!(
+                "{}: no class list (an older checkpoint or an import): only the number of \
+                 classes can be checked against the data",
+                path.display()
+            ));
+        }
+        notes
+    }
+}
+
+/// The network's class list differs from the data's: the labels would mean other classes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{what}: the network was trained on other classes than {data} holds: {difference}; \
+     labels would mean other classes (pass the class-mismatch flag to remap deliberately)"
+)]
+pub struct ClassMismatch {
+    /// The checkpoint, in words.
+    pub what: String,
+    /// The data, in words.
+    pub data: String,
+    /// The first difference, in words.
+    pub difference: String,
+}
+
+/// Compares a checkpoint's class list (`None`: it has none, nothing to compare) with the
+/// data's (wnids in label order), naming the first difference.
+pub fn check_classes(
+    what: &str,
+    stored: Option<&[String]>,
+    data_name: &str,
+    data: &[String],
+) -> Result<(), ClassMismatch> {
+    let Some(stored) = stored else {
+        return Ok(());
+    };
+    let difference = match stored.iter().zip(data).position(|(a, b)| a != b) {
+        Some(i) => format!(
+            "label {i} is `{}` in the network, `{}` in the data",
+            stored[i], data[i]
+        ),
+        None if stored.len() != data.len() => format!(
+            "the network has {} classes, the data {}",
+            stored.len(),
+            data.len()
+        ),
+        None => return Ok(()),
+    };
+    Err(ClassMismatch {
+        what: what.to_string(),
+        data: data_name.to_string(),
+        difference,
+    })
+}
 
 /// One float32 tensor, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,6 +214,18 @@ pub enum CheckpointError {
     /// A tensor of one network cannot be copied into another (pre-initialisation).
     #[error("{0}")]
     Mismatch(Box<TensorMismatch>),
+    /// A tensor's bytes differ from the checksum stored when the file was written.
+    #[error(
+        "{}tensor `{name}` is damaged: its data has CRC-32C {found:08x}, the file recorded \
+         {expected:08x} when it was written",
+        at(path)
+    )]
+    Checksum {
+        path: PathBuf,
+        name: String,
+        expected: u32,
+        found: u32,
+    },
 }
 
 /// A source tensor whose shape differs from the target tensor it should be copied into.
@@ -156,8 +258,24 @@ impl Checkpoint {
     /// fsync, rename, directory sync). The tensors are checked against the configuration
     /// first, so a file that [`Checkpoint::load`] would refuse is never written.
     pub fn save(&self, path: &Path) -> Result<(), CheckpointError> {
+        self.save_with_classes(path, None)
+    }
+
+    /// [`Checkpoint::save`], also storing the class list (wnids in label order) of the data
+    /// the network was trained on under [`CLASSES_KEY`].
+    pub fn save_with_classes(
+        &self,
+        path: &Path,
+        classes: Option<&[String]>,
+    ) -> Result<(), CheckpointError> {
         self.validate(path)?;
         let mut metadata = HashMap::new();
+        if let Some(classes) = classes {
+            metadata.insert(
+                CLASSES_KEY.to_string(),
+                serde_json::to_string(classes).expect("strings serialise"),
+            );
+        }
         metadata.insert(FORMAT_KEY.to_string(), FORMAT_VERSION.to_string());
         metadata.insert(
             CONFIG_KEY.to_string(),
@@ -187,9 +305,16 @@ impl Checkpoint {
     /// parameter (and momentum buffer, if any is present) by name, dtype (float32) and shape.
     /// Tensors the configuration does not know are an error naming them.
     pub fn load(path: &Path) -> Result<Checkpoint, CheckpointError> {
+        Ok(Self::load_with_info(path)?.0)
+    }
+
+    /// [`Checkpoint::load`] with what the file says beyond its tensors (class list, whether
+    /// checksums were checked). Every tensor with a stored checksum is checked.
+    pub fn load_with_info(path: &Path) -> Result<(Checkpoint, CheckpointInfo), CheckpointError> {
         let map = map_file(path)?;
         let st = parse(path, &map)?;
         let metadata = read_metadata(path, &map)?;
+        let checksummed = verify_checksums(path, &st, &metadata)?;
         let format_err = |message: String| CheckpointError::Format {
             path: path.to_path_buf(),
             message,
@@ -261,12 +386,24 @@ impl Checkpoint {
                 list(&extra)
             )));
         }
-        Ok(Checkpoint {
-            config,
-            params,
-            momenta,
-            state,
-        })
+        let classes = match metadata.get(CLASSES_KEY) {
+            Some(s) => Some(serde_json::from_str::<Vec<String>>(s).map_err(|e| {
+                format_err(format!("`{CLASSES_KEY}` is not a list of class names: {e}"))
+            })?),
+            None => None,
+        };
+        Ok((
+            Checkpoint {
+                config,
+                params,
+                momenta,
+                state,
+            },
+            CheckpointInfo {
+                classes,
+                checksummed,
+            },
+        ))
     }
 
     /// The parameter called `name` (`conv1_1.weight`, ...).
@@ -406,6 +543,7 @@ pub fn read_tensors(
     let map = map_file(path)?;
     let st = parse(path, &map)?;
     let metadata = read_metadata(path, &map)?;
+    verify_checksums(path, &st, &metadata)?;
     let mut views: Vec<(&str, TensorView<'_>)> = st.iter().collect();
     views.sort_by(|a, b| a.0.cmp(b.0));
     let tensors = views
@@ -415,7 +553,8 @@ pub fn read_tensors(
     Ok((tensors, metadata))
 }
 
-/// Writes `tensors` (float32) and `metadata` to a safetensors file at `path`, atomically.
+/// Writes `tensors` (float32) and `metadata` to a safetensors file at `path`, atomically,
+/// with every tensor's checksum under [`CHECKSUMS_KEY`] (which [`read_tensors`] checks).
 /// Names must be unique and every tensor's data must fill its shape.
 pub fn write_tensors(
     path: &Path,
@@ -578,6 +717,70 @@ fn read_metadata(path: &Path, bytes: &[u8]) -> Result<HashMap<String, String>, C
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
+/// Checks every tensor against the checksums in `metadata`, if it has any; returns whether it
+/// had them. A checksum list that leaves out a tensor, or names one the file lacks, is damage
+/// too.
+fn verify_checksums(
+    path: &Path,
+    st: &SafeTensors<'_>,
+    metadata: &HashMap<String, String>,
+) -> Result<bool, CheckpointError> {
+    let Some(json) = metadata.get(CHECKSUMS_KEY) else {
+        return Ok(false);
+    };
+    let format_err = |message: String| CheckpointError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let sums: BTreeMap<String, u32> = serde_json::from_str(json)
+        .map_err(|e| format_err(format!("`{CHECKSUMS_KEY}` is not a checksum list: {e}")))?;
+    let mut names = st.names();
+    names.sort_unstable();
+    for name in names {
+        let view = st.tensor(name).map_err(|e| format_err(e.to_string()))?;
+        let Some(&expected) = sums.get(name) else {
+            return Err(format_err(format!(
+                "tensor `{name}` has no checksum in `{CHECKSUMS_KEY}` (the header is damaged)"
+            )));
+        };
+        let found = crc32c::crc32c(view.data());
+        if found != expected {
+            return Err(CheckpointError::Checksum {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                expected,
+                found,
+            });
+        }
+    }
+    if let Some(name) = sums.keys().find(|n| st.tensor(n).is_err()) {
+        return Err(format_err(format!(
+            "`{CHECKSUMS_KEY}` names tensor `{name}`, which the file does not have"
+        )));
+    }
+    Ok(true)
+}
+
+/// The safetensors header with a fixed key order: `__metadata__` first with its keys sorted,
+/// then the tensors in file order (the crate's own header keeps the metadata in a `HashMap`,
+/// whose order changes from process to process).
+struct Header<'a> {
+    metadata: BTreeMap<&'a str, &'a str>,
+    tensors: &'a [(String, TensorInfo)],
+}
+
+impl serde::Serialize for Header<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.tensors.len() + 1))?;
+        map.serialize_entry("__metadata__", &self.metadata)?;
+        for (name, info) in self.tensors {
+            map.serialize_entry(name, info)?;
+        }
+        map.end()
+    }
+}
+
 /// A tensor's data as float32, converting the other float dtypes.
 fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<NamedTensor, CheckpointError> {
     let bytes = view.data();
@@ -669,6 +872,15 @@ fn write_views<'a>(
         fs::create_dir_all(dir).map_err(io(dir))?;
     }
     let views: Vec<(&str, F32View<'_>)> = tensors.collect();
+    let mut metadata = metadata;
+    let sums: BTreeMap<&str, u32> = views
+        .iter()
+        .map(|(name, v)| (*name, crc32c::crc32c(&v.data())))
+        .collect();
+    metadata.insert(
+        CHECKSUMS_KEY.to_string(),
+        serde_json::to_string(&sums).expect("numbers serialise"),
+    );
     let mut infos = Vec::with_capacity(views.len());
     let mut offset = 0usize;
     for (name, v) in &views {
@@ -687,8 +899,16 @@ fn write_views<'a>(
         path: path.to_path_buf(),
         message,
     };
-    let header = Metadata::new(Some(metadata), infos)
+    // The crate's own check of the layout (offsets, shapes against byte counts).
+    Metadata::new(None, infos.clone())
         .map_err(|e| format_error(format!("cannot serialise: {e}")))?;
+    let header = Header {
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect(),
+        tensors: &infos,
+    };
     let mut header = serde_json::to_vec(&header)
         .map_err(|e| format_error(format!("cannot serialise the header: {e}")))?;
     // The format pads the JSON header with spaces so the tensor data starts 8-byte aligned.
@@ -947,6 +1167,100 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, CheckpointError::Shape { .. }), "{e}");
         assert!(!dir.path().join("never.safetensors").exists());
+    }
+
+    #[test]
+    fn the_same_checkpoint_is_the_same_bytes_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoint();
+        let classes: Vec<String> = (0..10).map(|i| format!("n{i:08}")).collect();
+        let first = dir.path().join("0.safetensors");
+        ck.save_with_classes(&first, Some(&classes)).unwrap();
+        let want = fs::read(&first).unwrap();
+        // Each save builds its metadata map anew (its own hash order): the bytes do not follow.
+        for i in 1..16 {
+            let path = dir.path().join(format!("{i}.safetensors"));
+            ck.save_with_classes(&path, Some(&classes)).unwrap();
+            assert!(fs::read(&path).unwrap() == want, "save {i} differs");
+        }
+    }
+
+    #[test]
+    fn damage_inside_a_tensor_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let ck = checkpoint();
+        let path = dir.path().join("ck.safetensors");
+        ck.save(&path).unwrap();
+        let (_, info) = Checkpoint::load_with_info(&path).unwrap();
+        assert!(info.checksummed);
+        // Flip one bit in the data of `conv2_1.weight` (the header stays valid).
+        let mut bytes = fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        let start = header["conv2_1.weight"]["data_offsets"][0]
+            .as_u64()
+            .unwrap() as usize;
+        bytes[8 + n + start + 5] ^= 0x10;
+        fs::write(&path, &bytes).unwrap();
+        let e = Checkpoint::load(&path).unwrap_err();
+        assert!(
+            matches!(&e, CheckpointError::Checksum { name, .. } if name == "conv2_1.weight"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("`conv2_1.weight` is damaged"), "{e}");
+        assert!(matches!(
+            read_tensors(&path).unwrap_err(),
+            CheckpointError::Checksum { .. }
+        ));
+        // Files without checksums (older checkpoints, other tools) load, with a note.
+        write_views(
+            &path,
+            ck.params.iter().map(|t| (t.name.as_str(), F32View::of(t))),
+            metadata_of(&ck),
+        )
+        .unwrap();
+        let mut bytes = fs::read(&path).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"]
+            .as_object_mut()
+            .unwrap()
+            .remove(CHECKSUMS_KEY);
+        let mut h = serde_json::to_vec(&header).unwrap();
+        h.resize(n, b' ');
+        bytes[8..8 + n].copy_from_slice(&h);
+        fs::write(&path, &bytes).unwrap();
+        let (back, info) = Checkpoint::load_with_info(&path).unwrap();
+        assert_eq!(bits(&back.params), bits(&ck.params));
+        assert_eq!(info, CheckpointInfo::default());
+        let notes = info.notes(&path);
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[0].contains("no tensor checksums"), "{notes:?}");
+        assert!(notes[1].contains("no class list"), "{notes:?}");
+    }
+
+    #[test]
+    fn class_lists_are_stored_and_compared_naming_the_first_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ck.safetensors");
+        let classes: Vec<String> = ["n01", "n02", "n03"].map(String::from).to_vec();
+        checkpoint()
+            .save_with_classes(&path, Some(&classes))
+            .unwrap();
+        let (_, info) = Checkpoint::load_with_info(&path).unwrap();
+        assert_eq!(info.classes.as_deref(), Some(&classes[..]));
+        assert!(info.notes(&path).is_empty());
+        assert_eq!(check_classes("ck", Some(&classes), "val", &classes), Ok(()));
+        assert_eq!(check_classes("ck", None, "val", &classes), Ok(()));
+        let other: Vec<String> = ["n01", "n09", "n03"].map(String::from).to_vec();
+        let e = check_classes("ck", Some(&classes), "val", &other).unwrap_err();
+        assert_eq!(
+            e.difference,
+            "label 1 is `n02` in the network, `n09` in the data"
+        );
+        let fewer = &classes[..2];
+        let e = check_classes("ck", Some(&classes), "val", fewer).unwrap_err();
+        assert_eq!(e.difference, "the network has 3 classes, the data 2");
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! - `last.safetensors`: parameters, momenta and [`TrainState`], written atomically at the end
 //!   of every epoch, every `checkpoint_every` steps and on Ctrl-C;
 //! - `best.safetensors`: the epoch with the best validation top-1 error so far;
+//! - `epoch-start.safetensors`: the start of the epoch in progress; after a non-finite loss,
+//!   `last.safetensors` is restored from it and its later save kept as `diverged.safetensors`;
+//! - `clock.json`: the wall-clock times of `last.safetensors`' position (not in the
+//!   checkpoints, so identical runs write identical checkpoints);
 //! - `metrics.jsonl`, `plots.png` and `plots/`: see [`super::metrics`];
 //! - `pipeline.toml`: the pipeline file the run was started with.
 //!
@@ -34,6 +38,7 @@ use super::schedule::{Decision, ScheduleState};
 use super::TrainError;
 use crate::config::model::VggConfig;
 use crate::config::pipeline::{OutputKind, Pipeline};
+use crate::data::augment;
 use crate::data::loader::{Loader, LoaderOptions, Mode};
 use crate::data::store::PreparedSplit;
 use crate::net::accuracy::TopK;
@@ -55,7 +60,10 @@ pub struct TrainState {
     pub seed: u64,
     pub best_val_top1_error: Option<f64>,
     pub best_epoch: Option<u64>,
-    /// Training time so far, over all resumes.
+    /// Training time so far, over all resumes. Wall-clock time, so not stored in the
+    /// checkpoint (two identical runs write identical files): it lives in the run directory's
+    /// `clock.json` ([`CLOCK`]).
+    #[serde(default)]
     pub elapsed_seconds: f64,
     /// The run ended (epoch count reached, or the schedule's last plateau). Resuming with a
     /// larger epoch count continues a run that ended on its count.
@@ -74,7 +82,8 @@ pub struct EpochSums {
     pub images: u64,
     pub top1_correct: u64,
     pub top5_correct: u64,
-    /// Seconds of the epoch spent so far.
+    /// Seconds of the epoch spent so far (wall-clock: in `clock.json`, not the checkpoint).
+    #[serde(default)]
     pub seconds: f64,
 }
 
@@ -96,6 +105,9 @@ pub struct TrainOptions {
     pub devices: Vec<Device>,
     /// The other training processes (one per GPU under torchrun or Slurm); `None` alone.
     pub group: Option<Box<dyn CrossProcess>>,
+    /// Start from a checkpoint (resume, `init_from`, `finetune_from`) whose stored class list
+    /// differs from the training split's: a deliberate remap, labels compared by index.
+    pub allow_class_mismatch: bool,
 }
 
 /// How the run ended.
@@ -144,6 +156,69 @@ pub fn epoch_line(r: &EpochRecord) -> String {
 
 pub const LAST: &str = "last.safetensors";
 pub const BEST: &str = "best.safetensors";
+/// The position at the start of the epoch in progress (or where the run was resumed in its
+/// middle): what a non-finite loss restores `last.safetensors` from.
+pub const EPOCH_START: &str = "epoch-start.safetensors";
+/// The weights of the last save before a non-finite loss, kept when `last.safetensors` is
+/// restored from [`EPOCH_START`].
+pub const DIVERGED: &str = "diverged.safetensors";
+/// The wall-clock times of `last.safetensors`' position (JSON: step, elapsed_seconds,
+/// epoch_seconds), kept out of the checkpoint so identical runs write identical checkpoints.
+pub const CLOCK: &str = "clock.json";
+
+/// What [`CLOCK`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Clock {
+    step: u64,
+    elapsed_seconds: f64,
+    epoch_seconds: f64,
+}
+
+/// The class list (wnids in label order) of a split.
+fn wnids(split: &PreparedSplit) -> Vec<String> {
+    split
+        .manifest
+        .classes
+        .iter()
+        .map(|c| c.wnid.clone())
+        .collect()
+}
+
+/// Loads a checkpoint to start from and refuses one whose class list differs from the
+/// training data's (unless `allow`); `what` says what it is for in the message.
+fn load_for(
+    path: &Path,
+    what: &str,
+    o: &TrainOptions,
+    progress: Option<&dyn Progress>,
+) -> Result<Checkpoint, TrainError> {
+    let (ck, info) = Checkpoint::load_with_info(path)?;
+    let data = format!("the training split {}", o.train.dir.display());
+    let shown = format!("{what} {}", path.display());
+    if let Err(e) = crate::net::checkpoint::check_classes(
+        &shown,
+        info.classes.as_deref(),
+        &data,
+        &wnids(&o.train),
+    ) {
+        if !o.allow_class_mismatch {
+            return Err(TrainError::Setup(format!(
+                "{e}; --allow-class-mismatch starts from it anyway"
+            )));
+        }
+        if let Some(p) = progress {
+            p.line(&format!(
+                "note: {e}; starting from it anyway (--allow-class-mismatch)"
+            ));
+        }
+    }
+    if let Some(p) = progress {
+        for note in info.notes(path) {
+            p.line(&format!("note: {note}"));
+        }
+    }
+    Ok(ck)
+}
 
 /// The network a pipeline trains.
 pub fn network(p: &Pipeline) -> Result<VggConfig, TrainError> {
@@ -161,10 +236,19 @@ pub fn starting_point(
     o: &TrainOptions,
     config: &VggConfig,
 ) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>, TrainState), TrainError> {
+    starting_point_noting(o, config, None)
+}
+
+/// [`starting_point`], with notes (checkpoints without checksums or class lists) as lines.
+fn starting_point_noting(
+    o: &TrainOptions,
+    config: &VggConfig,
+    progress: Option<&dyn Progress>,
+) -> Result<(Vec<NamedTensor>, Vec<NamedTensor>, TrainState), TrainError> {
     let p = &o.pipeline;
     let last = o.out.join(LAST);
     if o.resume {
-        let ck = Checkpoint::load(&last)?;
+        let ck = load_for(&last, "--resume:", o, progress)?;
         if ck.config != *config {
             return Err(TrainError::Setup(format!(
                 "{} holds configuration {:?}, the pipeline trains {:?}",
@@ -190,7 +274,7 @@ pub fn starting_point(
     let t = &p.training;
     let seed = p.loader.seed;
     let params = if let Some(path) = &t.finetune_from {
-        let ck = Checkpoint::load(path)?;
+        let ck = load_for(path, "training.finetune_from", o, progress)?;
         if ck.config.layers() != config.layers() {
             return Err(TrainError::Setup(format!(
                 "fine-tuning needs the same network: {} holds {}, the pipeline trains {}",
@@ -203,7 +287,7 @@ pub fn starting_point(
     } else {
         let mut params = init::initialise(config, t.init, seed);
         if let Some(path) = &t.init_from {
-            let ck = Checkpoint::load(path)?;
+            let ck = load_for(path, "training.init_from", o, progress)?;
             init::pre_initialise(
                 config,
                 &mut params,
@@ -250,13 +334,87 @@ pub fn step_setup(p: &Pipeline) -> (crate::config::pipeline::LoaderSettings, Ste
     (settings, opts)
 }
 
+/// The seed of [`sample_records`] for the trainer's validation and `vgg eval --limit` unless
+/// told otherwise: both evaluate the same images.
+pub const SAMPLE_SEED: u64 = 0;
+
+/// `epoch` coordinate of the random streams that draw [`sample_records`]'s per-class orders
+/// (no training epoch reaches it).
+const SAMPLE_EPOCH: u64 = u64::MAX;
+
+/// Why [`sample_records`] could not draw its sample.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("{}: the split has no images to evaluate", .dir.display())]
+    Empty { dir: PathBuf },
+    #[error("a limit of 0 images evaluates nothing; give at least 1 (or no limit for all images)")]
+    ZeroLimit,
+    #[error(transparent)]
+    Shard(#[from] crate::data::shard::ShardError),
+}
+
+/// The records an evaluation limited to `limit` images reads, in ascending record order: all
+/// of them without a limit (or with one at least the split's size); otherwise a fixed sample
+/// spread over all classes, drawn from `seed` alone. Each class's records are put in a seeded
+/// order, the classes in a seeded order, and rounds take the next record of each class in
+/// turn until `limit` are taken, so every class contributes `limit / classes` images (give or
+/// take one) while it has them. The trainer's validation (split over ranks: each takes every
+/// `world`-th record of this list) and `vgg eval --limit` read the same sample.
+///
+/// A split without records, or a limit of 0, is an error: an evaluation of no images has no
+/// error rate to report.
+pub fn sample_records(
+    split: &PreparedSplit,
+    limit: Option<u64>,
+    seed: u64,
+) -> Result<Vec<u64>, LimitError> {
+    use crate::util::rng::{Rng, Stream};
+    let n = split.len();
+    if n == 0 {
+        return Err(LimitError::Empty {
+            dir: split.dir.clone(),
+        });
+    }
+    let limit = match limit {
+        Some(0) => return Err(LimitError::ZeroLimit),
+        Some(l) if l < n => l as usize,
+        _ => return Ok((0..n).collect()),
+    };
+    let mut by_class: std::collections::BTreeMap<u32, Vec<u64>> = Default::default();
+    for g in 0..n {
+        by_class.entry(split.record(g)?.label).or_default().push(g);
+    }
+    let mut classes: Vec<(u32, Vec<u64>)> = by_class.into_iter().collect();
+    for (label, records) in classes.iter_mut() {
+        Rng::new(seed, Stream::Order, SAMPLE_EPOCH, u64::from(*label)).shuffle(records);
+    }
+    Rng::new(seed, Stream::Order, SAMPLE_EPOCH, u64::from(u32::MAX) + 1).shuffle(&mut classes);
+    let mut out = Vec::with_capacity(limit);
+    'rounds: for round in 0.. {
+        for (_, records) in &classes {
+            if let Some(&g) = records.get(round) {
+                out.push(g);
+                if out.len() == limit {
+                    break 'rounds;
+                }
+            }
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
 /// Writes the step's current parameters, momenta and `state` to each of `paths` (one copy from
 /// the device for all of them).
+/// with the training split's class list. The wall-clock fields of the state are left out of
+/// the files (see [`CLOCK`]); when `paths` holds `last.safetensors`, [`CLOCK`] is written next
+/// to it.
 fn save(
     paths: &[&Path],
     config: &VggConfig,
     step: &Engine,
     state: &TrainState,
+    classes: &[String],
 ) -> Result<(), TrainError> {
     if paths.is_empty() {
         return Ok(());
@@ -266,12 +424,116 @@ fn save(
         config: config.clone(),
         params,
         momenta: Some(momenta),
-        state: Some(serde_json::to_value(state).expect("state serialises")),
+        state: Some(stored_state(state)),
     };
     for path in paths {
-        ck.save(path)?;
+        ck.save_with_classes(path, Some(classes))?;
+        if path.file_name() == Some(LAST.as_ref()) {
+            let clock = Clock {
+                step: state.step,
+                elapsed_seconds: state.elapsed_seconds,
+                epoch_seconds: state.partial.seconds,
+            };
+            let at = path.with_file_name(CLOCK);
+            let bytes = serde_json::to_vec(&clock).expect("numbers serialise");
+            crate::util::fs::write_atomic(&at, &bytes)
+                .map_err(|source| TrainError::Io { path: at, source })?;
+        }
     }
     Ok(())
+}
+
+/// After a non-finite loss: when `last.safetensors` holds a later position than
+/// `epoch-start.safetensors` (a save in mid-epoch, whose weights may already have exploded:
+/// finite but past recovery), keeps it as `diverged.safetensors` and restores
+/// `last.safetensors` from the epoch's start, so `--resume --lr X` starts from weights taken
+/// before the epoch in which the loss ran away.
+fn recover_from_epoch_start(
+    out: &Path,
+    start_step: Option<u64>,
+    last_step: Option<u64>,
+    at: u64,
+    progress: &dyn Progress,
+) -> Result<(), TrainError> {
+    let (start, last) = (out.join(EPOCH_START), out.join(LAST));
+    if !start.exists() || start_step == last_step {
+        return Ok(());
+    }
+    if last.exists() {
+        std::fs::rename(&last, out.join(DIVERGED)).map_err(|source| TrainError::Io {
+            path: last.clone(),
+            source,
+        })?;
+    }
+    link_or_copy(&start, &last)?;
+    let _ = std::fs::remove_file(out.join(CLOCK));
+    progress.line(&format!(
+        "the loss stopped being a number at step {at}: {} now holds the start of the epoch \
+         (its last save, possibly already diverged, is kept as {})",
+        last.display(),
+        out.join(DIVERGED).display()
+    ));
+    Ok(())
+}
+
+/// The state as a checkpoint stores it: without its wall-clock fields.
+fn stored_state(state: &TrainState) -> serde_json::Value {
+    let mut v = serde_json::to_value(state).expect("state serialises");
+    if let Some(o) = v.as_object_mut() {
+        o.remove("elapsed_seconds");
+        if let Some(p) = o.get_mut("partial").and_then(|p| p.as_object_mut()) {
+            p.remove("seconds");
+        }
+    }
+    v
+}
+
+/// The wall-clock times of a resumed position: [`CLOCK`] when it describes that step, else
+/// the time of the last metrics record at or before it (whole epochs are exact; what a
+/// checkpoint in mid-epoch adds to it is lost), else what an older checkpoint's state held.
+fn restore_clock(out: &Path, state: &mut TrainState) {
+    let clock: Option<Clock> = std::fs::read(out.join(CLOCK))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok());
+    if let Some(c) = clock.filter(|c| c.step == state.step) {
+        state.elapsed_seconds = c.elapsed_seconds;
+        state.partial.seconds = c.epoch_seconds;
+        return;
+    }
+    if state.elapsed_seconds > 0.0 {
+        return; // an older checkpoint, which kept its times itself
+    }
+    if let Ok(records) = metrics::read_records(&out.join(metrics::FILE_NAME)) {
+        if let Some(t) = records
+            .iter()
+            .filter(|r| r.step() <= state.step)
+            .map(|r| match r {
+                Record::Step(s) => s.time,
+                Record::Epoch(e) => e.time,
+            })
+            .next_back()
+        {
+            state.elapsed_seconds = t;
+        }
+    }
+}
+
+/// Makes `to` hold the bytes of `from`, atomically (a hard link renamed over `to`, or a copy
+/// where links are not possible).
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), TrainError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TrainError::Io { path, source }
+    };
+    let tmp = to.with_file_name(format!(
+        ".{}.link",
+        to.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(from, &tmp).is_err() {
+        std::fs::copy(from, &tmp).map_err(io(from))?;
+    }
+    std::fs::rename(&tmp, to).map_err(io(to))
 }
 
 /// Trains as the pipeline says; see the module documentation.
@@ -281,8 +543,21 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     let writer = rank == 0;
     let p = &o.pipeline;
     let config = network(p)?;
+    if p.training.val_limit == Some(0) {
+        return Err(TrainError::Setup(format!(
+            "{}: training.val_limit = 0 would validate on no images (and report a perfect \
+             score); give at least 1, or leave it out to validate on every image",
+            p.path.display()
+        )));
+    }
     for (what, split) in [("training", Some(&o.train)), ("validation", o.val.as_ref())] {
         let Some(split) = split else { continue };
+        if split.is_empty() {
+            return Err(TrainError::Setup(format!(
+                "the {what} split {} has no images",
+                split.dir.display()
+            )));
+        }
         let n = split.manifest.classes.len();
         if n != config.classes as usize {
             return Err(TrainError::Setup(format!(
@@ -299,7 +574,11 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             source: e,
         })?;
     }
-    let (params, momenta, mut state) = starting_point(&o, &config)?;
+    let (params, momenta, mut state) = starting_point_noting(&o, &config, Some(progress))?;
+    if o.resume {
+        restore_clock(&o.out, &mut state);
+    }
+    let classes = wnids(&o.train);
     let mut group = group;
     if let Some(g) = group.as_mut() {
         same_start_everywhere(g.as_mut(), &params, &momenta, &state)?;
@@ -309,6 +588,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     }
     let last_path = o.out.join(LAST);
     let best_path = o.out.join(BEST);
+    let start_path = o.out.join(EPOCH_START);
     if o.resume {
         same_run(&o.out.join("pipeline.toml"), p)?;
     }
@@ -398,6 +678,22 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     let mut ending = Ending::Epochs;
     let log_every = p.training.log_every;
     let mut last_save = Instant::now();
+    // The steps of the positions `epoch-start.safetensors` and `last.safetensors` hold.
+    let (mut start_step, mut last_step) = (None, o.resume.then_some(state.step));
+    if writer {
+        if o.resume && state.batch == 0 {
+            // Resumed at an epoch boundary: the checkpoint is that epoch's start.
+            link_or_copy(&last_path, &start_path)?;
+            start_step = Some(state.step);
+        } else if !o.resume || !start_path.exists() {
+            // A fresh run (its initial parameters), or a resume in mid-epoch of a run from
+            // before epoch-start checkpoints: the position the run starts from.
+            save(&[&start_path], &config, &step, &state, &classes)?;
+            start_step = Some(state.step);
+        } else {
+            start_step = Some(u64::MAX); // kept from before the resume, of this epoch
+        }
+    }
     'epochs: while state.epoch < epochs {
         let epoch = state.epoch;
         let loader = Loader::new(
@@ -444,6 +740,9 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             let lr = state.schedule.lr;
             let (r, stop) = step.step(&b, lr, state.seed, o.stop.is_cancelled())?;
             if !r.loss.is_finite() {
+                if writer {
+                    recover_from_epoch_start(&o.out, start_step, last_step, state.step, progress)?;
+                }
                 return Err(TrainError::NonFinite {
                     loss: r.loss,
                     epoch,
@@ -492,12 +791,13 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             }
             if due {
                 state.elapsed_seconds = elapsed(&started);
-                save(&last_only, &config, &step, &state)?;
+                save(&last_only, &config, &step, &state, &classes)?;
+                last_step = Some(state.step);
                 last_save = Instant::now();
             }
             if stop {
                 state.elapsed_seconds = elapsed(&started);
-                save(&last_only, &config, &step, &state)?;
+                save(&last_only, &config, &step, &state, &classes)?;
                 progress.line(&format!(
                     "stopped in epoch {} after batch {}: {} holds the position; --resume continues",
                     epoch + 1,
@@ -550,9 +850,15 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             log.append(&Record::Epoch(record.clone()))?;
         }
         if improved {
-            save(&last_and_best, &config, &step, &state)?;
+            save(&last_and_best, &config, &step, &state, &classes)?;
         } else {
-            save(&last_only, &config, &step, &state)?;
+            save(&last_only, &config, &step, &state, &classes)?;
+        }
+        last_step = Some(state.step);
+        if writer && state.epoch < epochs && !state.finished {
+            // The next epoch starts here.
+            link_or_copy(&last_path, &start_path)?;
+            start_step = Some(state.step);
         }
         progress.line(&epoch_line(&record));
         progress.finish();
@@ -694,15 +1000,18 @@ fn same_start_everywhere(
 }
 
 /// Centre-crop validation through the forward graph, reading the step's current parameters
-/// where they live (no copy).
+/// where they live (no copy). The images are [`sample_records`]`(val_limit, SAMPLE_SEED)`;
+/// this process takes every `world`-th of them from position `rank`.
 struct Validator {
     session: ort::session::Session,
     split: Arc<PreparedSplit>,
     pipeline: Pipeline,
     names: Vec<String>,
     classes: usize,
-    rank: usize,
-    world: usize,
+    /// The records all processes validate together.
+    sample: usize,
+    /// This process's share of them.
+    mine: Vec<u64>,
 }
 
 impl Validator {
@@ -714,6 +1023,9 @@ impl Validator {
         rank: usize,
         world: usize,
     ) -> Result<Self, TrainError> {
+        let sample = sample_records(&split, p.training.val_limit, SAMPLE_SEED)
+            .map_err(|e| TrainError::Setup(format!("validation (training.val_limit): {e}")))?;
+        let mine = sample.iter().copied().skip(rank).step_by(world).collect();
         let session = session::build(&graphs::forward_graph(config), settings)?;
         Ok(Validator {
             session,
@@ -724,25 +1036,19 @@ impl Validator {
                 .map(|s| s.name)
                 .collect(),
             classes: config.classes as usize,
-            rank,
-            world,
+            sample: sample.len(),
+            mine,
         })
     }
 
     /// Images validated by all processes together.
     fn images(&self) -> u64 {
-        let n = self.split.len();
-        self.pipeline.training.val_limit.map_or(n, |l| l.min(n))
-    }
-
-    /// Images this process validates: its every-`world`-th share of the first [`Self::images`].
-    fn share(&self) -> u64 {
-        let (limit, w, r) = (self.images(), self.world as u64, self.rank as u64);
-        (limit + w - 1 - r) / w
+        self.sample as u64
     }
 
     /// Top-1/top-5 counts and the mean cross-entropy over the validation images.
     fn run(&mut self, step: &mut Engine) -> Result<(TopK, f64), TrainError> {
+        use rayon::prelude::*;
         let p = &self.pipeline;
         let crop = step.crop() as u32;
         let mut eval = p.eval.clone();
@@ -750,20 +1056,8 @@ impl Validator {
         if eval.scale < crop {
             eval.scale = crop;
         }
-        let mut settings = p.loader.clone();
-        settings.output = OutputKind::F32Nchw;
-        settings.order = crate::config::pipeline::Order::Sequential;
-        settings.drop_last = false;
-        let loader = Loader::new(
-            self.split.clone(),
-            LoaderOptions {
-                rank: self.rank,
-                world: self.world,
-                uneven: true,
-                ..LoaderOptions::new(settings, Mode::Eval(eval), 0)
-            },
-        )?;
-        let limit = self.share();
+        let per = 3 * crop as usize * crop as usize;
+        let batch = p.loader.batch_size.max(1);
         let e = |what: &'static str| {
             move |source: ort::Error| TrainError::Ort {
                 what: format!("validation {what}"),
@@ -781,17 +1075,22 @@ impl Validator {
             ort::memory::MemoryType::Default,
         )
         .map_err(e("memory"))?;
-        let (mut top, mut loss, mut seen) = (TopK::default(), 0f64, 0u64);
-        for b in loader {
-            if seen >= limit {
-                break;
-            }
-            let b = b?;
-            let images = b.images().expect("f32 batches");
-            let n = (b.len() as u64).min(limit - seen) as usize;
-            let shape = vec![n, images.shape()[1], images.shape()[2], images.shape()[3]];
-            let data = images.as_slice().expect("contiguous")[..n * shape[1] * shape[2] * shape[3]]
-                .to_vec();
+        let (mut top, mut loss) = (TopK::default(), 0f64);
+        for records in self.mine.chunks(batch) {
+            let n = records.len();
+            let mut data = vec![0f32; n * per];
+            let labels = data
+                .par_chunks_mut(per)
+                .zip(records.par_iter())
+                .map(|(dst, &g)| {
+                    augment::with_record(&self.split, g, |rec, scratch| {
+                        augment::eval_sample(rec, &eval, scratch, augment::Output::F32Chw(dst))?;
+                        Ok(rec.label)
+                    })
+                })
+                .collect::<Result<Vec<u32>, _>>()
+                .map_err(|e| TrainError::Loader(e.into()))?;
+            let shape = vec![n, 3, crop as usize, crop as usize];
             let x = ort::value::Tensor::from_array((shape, data)).map_err(e("input"))?;
             binding.bind_input("images", &x).map_err(e("input"))?;
             binding
@@ -801,7 +1100,7 @@ impl Validator {
             let (_, logits) = outputs["logits"]
                 .try_extract_tensor::<f32>()
                 .map_err(e("output"))?;
-            for (row, &label) in logits.chunks(self.classes).zip(b.labels()).take(n) {
+            for (row, &label) in logits.chunks(self.classes).zip(&labels) {
                 top.add(row, label as usize);
                 let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
                 let lse = max
@@ -812,7 +1111,6 @@ impl Validator {
                         .ln();
                 loss += lse - row[label as usize] as f64;
             }
-            seen += n as u64;
         }
         drop(binding);
         if let Some(g) = step.group() {

@@ -104,6 +104,7 @@ fn settings(protocol: Protocol, scales: &[u32], flip: bool) -> EvalSettings {
         grid: 3,
         mean: VGG_MEAN,
         limit: None,
+        sample_seed: vgg::eval::run::SAMPLE_SEED,
         session: SessionSettings {
             threads: 1,
             ..Default::default()
@@ -504,9 +505,23 @@ fn limit_limits_and_the_report_is_consistent() {
     let calls = calls.0.into_inner().unwrap();
     assert_eq!(r.fused.images, 5);
     assert_eq!(r.per_network[0].1.images, 5);
+    // A fixed sample spread over the classes (the split is sorted by class), in record order.
+    let indices: Vec<u64> = r.images.iter().map(|i| i.index).collect();
+    assert!(indices.windows(2).all(|w| w[0] < w[1]), "{indices:?}");
+    let mut per_class = [0; 3];
+    for i in &r.images {
+        per_class[i.label as usize] += 1;
+    }
+    assert!(per_class.iter().all(|&n| n >= 1), "{per_class:?}");
     assert_eq!(
-        r.images.iter().map(|i| i.index).collect::<Vec<_>>(),
-        [0, 1, 2, 3, 4]
+        evaluate(&d.split, &nets, &s, &Silent, &Cancel::new())
+            .unwrap()
+            .images
+            .iter()
+            .map(|i| i.index)
+            .collect::<Vec<_>>(),
+        indices,
+        "the sample is fixed"
     );
     assert_eq!(calls.first(), Some(&(0, 5)));
     assert_eq!(calls.last(), Some(&(5, 5)));
@@ -539,12 +554,34 @@ fn limit_limits_and_the_report_is_consistent() {
     ] {
         assert!(json.get(key).is_some(), "{key}: {json}");
     }
-    // A limit beyond the split is the whole split; zero is nothing.
+    // A limit beyond the split is the whole split; zero is an error, not a perfect score.
     s.limit = Some(1000);
     assert_eq!(post(&d.split, &nets, &s).fused.images(), 18);
     s.limit = Some(0);
-    let r = evaluate(&d.split, &nets, &s, &Silent, &Cancel::new()).unwrap();
-    assert_eq!((r.fused.images, r.images.len()), (0, 0));
+    let e = evaluate(&d.split, &nets, &s, &Silent, &Cancel::new()).unwrap_err();
+    assert!(matches!(e, EvalError::NoImages(_)), "{e}");
+    assert!(e.to_string().contains("nothing to evaluate"), "{e}");
+}
+
+#[test]
+fn a_network_with_a_non_finite_parameter_is_refused() {
+    let d = data();
+    let mut net = network("diverged", 9);
+    net.params[3].data[7] = f32::NAN;
+    let s = settings(Protocol::Centre, &[INPUT], false);
+    let e = evaluate(&d.split, &[net], &s, &Silent, &Cancel::new()).unwrap_err();
+    match &e {
+        EvalError::NonFinite {
+            network,
+            tensor,
+            index,
+            ..
+        } => {
+            assert_eq!((network.as_str(), *index), ("diverged", 7));
+            assert_eq!(tensor, &parameters(&config())[3].name);
+        }
+        other => panic!("{other}"),
+    }
 }
 
 #[test]

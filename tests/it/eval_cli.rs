@@ -404,3 +404,163 @@ fn eval_errors_say_what_is_wrong() {
         text(&o)
     );
 }
+
+#[test]
+fn eval_refuses_zero_images_and_a_limit_samples_every_class() {
+    let dir = tempfile::tempdir().unwrap();
+    prepared_toy(dir.path());
+    write_checkpoint(&dir.path().join("a.safetensors"), 3, 1);
+    let base = ["--checkpoint", "a.safetensors", "--scales", "40"];
+    let mut args = base.to_vec();
+    args.extend(["--limit", "0"]);
+    let o = vgg(&eval_args(&args), dir.path());
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("--limit"), "{}", text(&o));
+
+    // 6 of the 12 images (4 per class, stored class by class): two of each class.
+    let mut args = base.to_vec();
+    args.extend(["--limit", "6", "--json"]);
+    let v = ok_json(&vgg(&eval_args(&args), dir.path()));
+    assert_eq!(v["images"], 6);
+    assert_eq!(v["sample_seed"], 0);
+    let predictions = v["predictions"].as_array().unwrap();
+    let mut labels: Vec<i64> = predictions
+        .iter()
+        .map(|p| p["label"].as_i64().unwrap())
+        .collect();
+    labels.sort_unstable();
+    assert_eq!(labels, [0, 0, 1, 1, 2, 2]);
+    let indices: Vec<u64> = predictions
+        .iter()
+        .map(|p| p["index"].as_u64().unwrap())
+        .collect();
+    assert!(indices.windows(2).all(|w| w[0] < w[1]), "{indices:?}");
+    // Another seed, another sample of the same shape.
+    let mut args = base.to_vec();
+    args.extend(["--limit", "6", "--sample-seed", "5", "--json"]);
+    let w = ok_json(&vgg(&eval_args(&args), dir.path()));
+    assert_eq!(w["images"], 6);
+    let text_out = vgg(
+        &eval_args(&[
+            "--checkpoint",
+            "a.safetensors",
+            "--scales",
+            "40",
+            "--limit",
+            "6",
+        ]),
+        dir.path(),
+    );
+    assert!(
+        String::from_utf8_lossy(&text_out.stdout)
+            .contains("a fixed sample spread over the classes"),
+        "{}",
+        text(&text_out)
+    );
+}
+
+#[test]
+fn eval_refuses_a_checkpoint_of_other_classes_unless_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    prepared_toy(dir.path());
+    let config = tiny_config(3);
+    let ck = Checkpoint {
+        params: init::initialise(&config, Init::Kaiming, 1),
+        config,
+        momenta: None,
+        state: None,
+    };
+    let split = vgg::data::store::PreparedSplit::open(&dir.path().join("shards/toy/val")).unwrap();
+    let mut wnids: Vec<String> = split
+        .manifest
+        .classes
+        .iter()
+        .map(|c| c.wnid.clone())
+        .collect();
+    wnids.swap(0, 1);
+    ck.save_with_classes(&dir.path().join("other.safetensors"), Some(&wnids))
+        .unwrap();
+    let args = ["--checkpoint", "other.safetensors", "--scales", "40"];
+    let o = vgg(&eval_args(&args), dir.path());
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("label 0 is"), "{}", text(&o));
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-class-mismatch");
+    let o = vgg(&eval_args(&allowed), dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    // One without a class list (an import) is evaluated, with a note.
+    ck.save(&dir.path().join("plain.safetensors")).unwrap();
+    let o = vgg(
+        &eval_args(&["--checkpoint", "plain.safetensors", "--scales", "40"]),
+        dir.path(),
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("no class list"), "{}", text(&o));
+}
+
+#[test]
+fn an_output_that_is_its_own_input_is_refused_and_the_input_is_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("sub")).unwrap();
+    write_checkpoint(&d.join("ck.safetensors"), 3, 1);
+    std::os::unix::fs::symlink("ck.safetensors", d.join("link.safetensors")).unwrap();
+    let before = std::fs::read(d.join("ck.safetensors")).unwrap();
+    let pipeline = fixture_pipeline(d);
+    let pipeline = pipeline.to_str().unwrap();
+    let same = [
+        "ck.safetensors",
+        "./ck.safetensors",
+        "sub/../ck.safetensors",
+        "new/../ck.safetensors",
+        "link.safetensors",
+    ];
+    for out in same {
+        let cases: [Vec<&str>; 3] = [
+            vec!["weights", "to-torchvision", "ck.safetensors", "--out", out],
+            vec![
+                "weights",
+                "from-torchvision",
+                "ck.safetensors",
+                "--config",
+                pipeline,
+                "--out",
+                out,
+            ],
+            vec![
+                "model",
+                "export",
+                pipeline,
+                "--weights",
+                "ck.safetensors",
+                "--out",
+                out,
+            ],
+        ];
+        for args in cases {
+            let o = vgg(&args, d);
+            assert!(!o.status.success(), "{args:?}: {}", text(&o));
+            assert!(text(&o).contains("is the input"), "{args:?}: {}", text(&o));
+            assert!(
+                std::fs::read(d.join("ck.safetensors")).unwrap() == before,
+                "{args:?} changed the input"
+            );
+            assert!(std::fs::symlink_metadata(d.join("link.safetensors"))
+                .unwrap()
+                .file_type()
+                .is_symlink());
+        }
+    }
+    // Another file is written as before.
+    let o = vgg(
+        &[
+            "weights",
+            "to-torchvision",
+            "ck.safetensors",
+            "--out",
+            "sub/tv.safetensors",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o));
+}

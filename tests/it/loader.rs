@@ -352,3 +352,51 @@ fn a_loader_started_mid_epoch_gives_the_rest_of_that_epoch() {
     let numbers: Vec<usize> = loader.map(|b| b.unwrap().number).collect();
     assert_eq!(numbers, vec![2, 3, 4, 0, 1, 2, 3, 4]);
 }
+
+/// Flips one byte in the middle of record `record`'s payload; returns its key.
+pub fn flip_payload_byte(shard: &Path, record: usize) -> String {
+    let (key, payload) = {
+        let r = vgg::data::shard::ShardReader::open(shard).unwrap();
+        let rec = r.record(record).unwrap();
+        (rec.key.to_string(), rec.bytes.to_vec())
+    };
+    let mut bytes = std::fs::read(shard).unwrap();
+    let off = bytes
+        .windows(payload.len())
+        .position(|w| w == &payload[..])
+        .unwrap();
+    let at = off + payload.len() / 2;
+    bytes[at] ^= 0x01;
+    std::fs::write(shard, bytes).unwrap();
+    assert!(at > 4096);
+    key
+}
+
+#[test]
+fn a_record_with_one_flipped_byte_fails_the_epoch_naming_shard_record_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (split, p) = prepared_toy(dir.path());
+    let shard = split.shards[1].path().to_path_buf();
+    drop(split);
+    let key = flip_payload_byte(&shard, 3);
+    // The index and header are intact, so the store opens; the record's bytes are refused.
+    let split = Arc::new(PreparedSplit::open(shard.parent().unwrap()).unwrap());
+    let results: Vec<Result<_, LoaderError>> =
+        Loader::new(split, options(&p, 2, 0, |s| s.order = Order::Sequential))
+            .unwrap()
+            .collect();
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[1].is_ok());
+    let e = results[2]
+        .as_ref()
+        .err()
+        .expect("the damaged batch is an error")
+        .to_string();
+    assert!(
+        e.contains("train-00001.vggshard")
+            && e.contains("record 3")
+            && e.contains(&key)
+            && e.contains("checksum"),
+        "{e}"
+    );
+}

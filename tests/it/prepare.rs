@@ -7,7 +7,7 @@ use vgg::data::manifest::Manifest;
 use vgg::data::prepare::{prepare, Part, PrepareError, PrepareOptions};
 use vgg::data::shard::{Encoding, RecordFlags, ShardReader};
 use vgg::data::source::Split;
-use vgg::data::store::{self, PreparedSplit};
+use vgg::data::store::{self, PreparedSplit, StoreError};
 use vgg::util::progress::{Cancel, Progress, Silent};
 
 use crate::fixtures::{self, tree, ValForm};
@@ -338,4 +338,271 @@ fn disk_full_is_a_clear_error_with_no_half_written_shard() {
         assert!(!name.ends_with(".tmp"), "temporary left behind: {name}");
         ShardReader::open(&p).expect("every shard left on disk is complete");
     }
+}
+
+#[test]
+fn a_damaged_record_is_redone_by_prepare_to_the_clean_result() {
+    let fx = fixtures::imagenet(3, ValForm::ClassFolders);
+    let clean = fx.dir.path().join("clean");
+    run(&fx.spec(&clean, STORE), &train_only());
+    let damaged = fx.dir.path().join("damaged");
+    let spec = fx.spec(&damaged, STORE);
+    run(&spec, &train_only());
+    let key = crate::loader::flip_payload_byte(&damaged.join("train/train-00001.vggshard"), 1);
+    let split = PreparedSplit::open(&damaged.join("train")).unwrap();
+    let e = split
+        .record(split.shards[0].len() as u64 + 1)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("train-00001.vggshard") && e.contains("record 1") && e.contains(&key),
+        "{e}"
+    );
+    drop(split);
+    let r = run(&spec, &train_only());
+    assert_eq!(r[0].shards_written, 1, "only the damaged shard is redone");
+    assert_eq!(
+        tree(&clean),
+        tree(&damaged),
+        "repaired store differs from a clean run"
+    );
+}
+
+/// Rewrites `dir`'s manifest after `edit`, signed again (`resign`) or not.
+fn edit_manifest(dir: &std::path::Path, resign: bool, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("manifest.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut v);
+    let text = if resign {
+        let m: Manifest = serde_json::from_value(v).unwrap();
+        m.to_json()
+    } else {
+        serde_json::to_string_pretty(&v).unwrap()
+    };
+    std::fs::write(&path, text).unwrap();
+}
+
+/// The message `open` or, failing that, `verify` gives for the store in `dir`, if any.
+fn refusal(dir: &std::path::Path) -> Option<String> {
+    if let Err(e) = PreparedSplit::open(dir) {
+        return Some(e.to_string());
+    }
+    match store::verify(dir, Some(1), &Silent, &Cancel::new()) {
+        Err(e) => Some(e.to_string()),
+        Ok(r) if !r.ok() => Some(
+            r.failures
+                .iter()
+                .map(|f| f.reason.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Ok(_) => None,
+    }
+}
+
+#[test]
+fn edited_manifests_are_refused_and_an_untouched_one_passes() {
+    let fx = fixtures::imagenet(3, ValForm::ClassFolders);
+    let shards = fx.dir.path().join("shards");
+    run(&fx.spec(&shards, STORE), &train_only());
+    let dir = shards.join("train");
+    assert_eq!(refusal(&dir), None, "an untouched store opens and verifies");
+    let original = std::fs::read(dir.join("manifest.json")).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(&str, Edit, &str); 4] = [
+        (
+            "a shard entry removed",
+            |v| {
+                v["shards"].as_array_mut().unwrap().remove(1);
+            },
+            "the shards listed hold",
+        ),
+        (
+            "counts edited",
+            |v| {
+                let n = v["records"].as_u64().unwrap();
+                v["records"] = (n + 1).into();
+                let c = v["classes"][0]["records"].as_u64().unwrap();
+                v["classes"][0]["records"] = (c + 1).into();
+            },
+            "the shards listed hold",
+        ),
+        (
+            "class ids swapped",
+            |v| {
+                let classes = v["classes"].as_array_mut().unwrap();
+                let (a, b) = (classes[0].clone(), classes[1].clone());
+                for (slot, from) in [(0, &b), (1, &a)] {
+                    for field in ["wnid", "name", "records"] {
+                        classes[slot][field] = from[field].clone();
+                    }
+                }
+            },
+            "which the manifest says is class",
+        ),
+        (
+            "store.encoding changed",
+            |v| v["store"]["encoding"] = "raw".into(),
+            "store policy says",
+        ),
+    ];
+    for (what, edit, signed_message) in edits {
+        // As edited by hand: the manifest's own checksum refuses it.
+        std::fs::write(dir.join("manifest.json"), &original).unwrap();
+        edit_manifest(&dir, false, edit);
+        let e = PreparedSplit::open(&dir).err().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("manifest checksum mismatch")),
+            "{what}: {e:?}"
+        );
+        // Signed again: the shards contradict it.
+        std::fs::write(dir.join("manifest.json"), &original).unwrap();
+        edit_manifest(&dir, true, edit);
+        let e = refusal(&dir);
+        assert!(
+            e.as_deref().is_some_and(|e| e.contains(signed_message)),
+            "{what} (signed again): {e:?}"
+        );
+    }
+    std::fs::write(dir.join("manifest.json"), &original).unwrap();
+    assert_eq!(refusal(&dir), None);
+}
+
+#[test]
+fn a_shard_replaced_by_another_valid_one_is_refused_at_open() {
+    let fx = fixtures::imagenet(3, ValForm::ClassFolders);
+    let shards = fx.dir.path().join("shards");
+    run(&fx.spec(&shards, STORE), &train_only());
+    let other = fx.dir.path().join("other");
+    run(
+        &fx.spec(&other, "max_shortest_side = 64\nrecords_per_shard = 4\n"),
+        &train_only(),
+    );
+    let file = "train/train-00000.vggshard";
+    std::fs::copy(other.join(file), shards.join(file)).unwrap();
+    let e = PreparedSplit::open(&shards.join("train"))
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        e.as_deref()
+            .is_some_and(|e| e.contains("train-00000.vggshard")
+                && (e.contains("header CRC") || e.contains("bytes, the manifest says"))),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn a_manifest_of_the_previous_format_is_refused_with_the_command_to_run() {
+    let fx = fixtures::imagenet(1, ValForm::ClassFolders);
+    let shards = fx.dir.path().join("shards");
+    run(&fx.spec(&shards, STORE), &train_only());
+    let dir = shards.join("train");
+    edit_manifest(&dir, false, |v| {
+        v["format_version"] = 1.into();
+        v.as_object_mut().unwrap().remove("checksum");
+    });
+    let e = PreparedSplit::open(&dir).err().unwrap().to_string();
+    assert!(e.contains("version 1") && e.contains("vgg prepare"), "{e}");
+}
+
+#[test]
+fn two_datasets_sharing_a_shard_folder_are_refused() {
+    let fx = fixtures::imagenet(2, ValForm::ClassFolders);
+    let shards = fx.dir.path().join("shared");
+    let reg_a = fx.registry("alpha", &shards, STORE);
+    let reg_b = fx.registry("beta", &shards, STORE);
+    let (a, b) = (reg_a.get("alpha").unwrap(), reg_b.get("beta").unwrap());
+    run(a, &train_only());
+    let before = tree(&shards);
+    let e = prepare(b, &train_only(), &Silent, &Cancel::new()).unwrap_err();
+    assert!(
+        matches!(e, PrepareError::Store(StoreError::OtherDataset { .. })),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("`alpha`") && msg.contains("`beta`"), "{msg}");
+    assert_eq!(
+        before,
+        tree(&shards),
+        "the other dataset's store was touched"
+    );
+    // Readers naming a dataset refuse another's store.
+    let split = PreparedSplit::open(&shards.join("train")).unwrap();
+    split.check_dataset(a).unwrap();
+    let e = split.check_dataset(b).unwrap_err().to_string();
+    assert!(e.contains("`alpha`") && e.contains("`beta`"), "{e}");
+}
+
+#[test]
+fn an_unfinished_store_of_another_dataset_is_refused() {
+    let fx = fixtures::imagenet(4, ValForm::ClassFolders);
+    let shards = fx.dir.path().join("shared");
+    let reg_a = fx.registry("alpha", &shards, STORE);
+    let reg_b = fx.registry("beta", &shards, STORE);
+    let flag = Cancel::new();
+    let cancel = CancelAfter {
+        after: 5,
+        seen: AtomicU64::new(0),
+        flag: &flag,
+    };
+    let e = prepare(reg_a.get("alpha").unwrap(), &train_only(), &cancel, &flag).unwrap_err();
+    assert!(matches!(e, PrepareError::Interrupted { .. }), "{e}");
+    let e = prepare(
+        reg_b.get("beta").unwrap(),
+        &train_only(),
+        &Silent,
+        &Cancel::new(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, PrepareError::Store(StoreError::OtherDataset { .. })),
+        "{e}"
+    );
+}
+
+#[test]
+fn an_interrupted_re_prepare_leaves_the_old_store_whole_and_resumes_the_new_one() {
+    let fx = fixtures::imagenet(6, ValForm::ClassFolders);
+    let new_policy = "max_shortest_side = 64\nrecords_per_shard = 3\n";
+    let clean = fx.dir.path().join("clean");
+    run(&fx.spec(&clean, new_policy), &train_only());
+
+    let shards = fx.dir.path().join("shards");
+    run(&fx.spec(&shards, STORE), &train_only());
+    let old = tree(&shards.join("train"));
+    let spec = fx.spec(&shards, new_policy);
+    let flag = Cancel::new();
+    let cancel = CancelAfter {
+        after: 7,
+        seen: AtomicU64::new(0),
+        flag: &flag,
+    };
+    match prepare(&spec, &train_only(), &cancel, &flag) {
+        Err(PrepareError::Interrupted { written, .. }) => assert!(written >= 2, "{written}"),
+        other => panic!("expected an interruption, got {other:?}"),
+    }
+    // Readers still see the old store, whole.
+    assert_eq!(
+        old,
+        tree(&shards.join("train")),
+        "the old store was changed"
+    );
+    let split = PreparedSplit::open(&shards.join("train")).unwrap();
+    assert!(split.manifest.store.max_shortest_side.0 == 96);
+    drop(split);
+    assert!(
+        store::verify(&shards.join("train"), None, &Silent, &Cancel::new())
+            .unwrap()
+            .ok()
+    );
+    // The re-run keeps what the interrupted one wrote and swaps the new store in whole.
+    let r = run(&spec, &train_only());
+    assert!(r[0].shards_kept >= 2, "{:?}", r[0]);
+    assert_eq!(
+        tree(&clean),
+        tree(&shards),
+        "resumed replacement differs from a clean run"
+    );
 }

@@ -76,6 +76,7 @@ pub(crate) fn options(
         lr: None,
         devices: Vec::new(),
         group: None,
+        allow_class_mismatch: false,
     }
 }
 
@@ -556,4 +557,241 @@ fn sigterm_and_sigusr1_stop_vgg_train_with_a_checkpoint() {
         assert_eq!(st["epoch"].as_u64(), Some(0), "{st}");
         assert!(st["step"].as_u64().unwrap() >= 1, "{st}");
     }
+}
+
+#[test]
+fn val_limit_zero_is_refused_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("run");
+    // Refused when the pipeline loads ...
+    pipeline(dir.path(), &format!("{FAST}epochs = 1\n"));
+    let path = dir.path().join("p.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}val_limit = 0\n")).unwrap();
+    let err = Pipeline::load(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("training.val_limit") && err.contains("no images"),
+        "{err}"
+    );
+    // ... and by the trainer, for a pipeline built in code.
+    let mut p = Pipeline::parse(&text, &path).unwrap();
+    p.training.val_limit = Some(0);
+    let err = train::train(options(p, &data, &out), &Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("val_limit = 0"), "{err}");
+    assert!(!out.exists(), "nothing is written for a refused run");
+}
+
+#[test]
+fn a_limited_sample_spreads_over_the_classes_and_is_fixed() {
+    use vgg::train::run::{sample_records, LimitError};
+    let dir = tempfile::tempdir().unwrap();
+    let (_, val) = dataset(dir.path());
+    // 4 classes x 25, stored class by class: the first 8 records are all of class 0.
+    let labels = |s: &[u64]| {
+        let mut n = [0; 4];
+        for &g in s {
+            n[val.record(g).unwrap().label as usize] += 1;
+        }
+        n
+    };
+    let a = sample_records(&val, Some(8), 0).unwrap();
+    assert_eq!(labels(&a), [2, 2, 2, 2]);
+    assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
+    assert_eq!(sample_records(&val, Some(8), 0).unwrap(), a);
+    assert_ne!(sample_records(&val, Some(8), 1).unwrap(), a);
+    let b = sample_records(&val, Some(10), 0).unwrap();
+    assert!(
+        labels(&b).iter().all(|&n| n == 2 || n == 3),
+        "{:?}",
+        labels(&b)
+    );
+    assert_eq!(
+        sample_records(&val, Some(1000), 0).unwrap(),
+        (0..100).collect::<Vec<_>>()
+    );
+    assert!(matches!(
+        sample_records(&val, Some(0), 0),
+        Err(LimitError::ZeroLimit)
+    ));
+}
+
+#[test]
+fn two_identical_runs_write_byte_identical_checkpoints_with_their_class_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let extra = format!("{FAST}epochs = 2\ncheckpoint_every = 3\nval_limit = 20\n");
+    let runs = ["one", "two"].map(|r| dir.path().join(r));
+    for out in &runs {
+        let p = pipeline(dir.path(), &extra);
+        train::train(options(p, &data, out), &Silent).unwrap();
+    }
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "epoch-start.safetensors",
+    ] {
+        let a = std::fs::read(runs[0].join(f)).unwrap();
+        assert!(
+            a == std::fs::read(runs[1].join(f)).unwrap(),
+            "{f} differs between identical runs"
+        );
+    }
+    let (ck, info) = Checkpoint::load_with_info(&runs[0].join("last.safetensors")).unwrap();
+    let wnids: Vec<String> = data
+        .0
+        .manifest
+        .classes
+        .iter()
+        .map(|c| c.wnid.clone())
+        .collect();
+    assert_eq!(info.classes, Some(wnids));
+    assert!(info.checksummed);
+    assert!(ck.state.unwrap().get("elapsed_seconds").is_none());
+}
+
+#[test]
+fn a_checkpoint_of_other_classes_is_refused_unless_the_remap_is_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("run");
+    let p = pipeline(dir.path(), &format!("{FAST}epochs = 2\n"));
+    let mut o = options(p.clone(), &data, &out);
+    o.pipeline.training.epochs = 1;
+    train::train(o, &Silent).unwrap();
+    // The same network, saved as if trained on classes in another order.
+    let last = out.join("last.safetensors");
+    let ck = Checkpoint::load(&last).unwrap();
+    let mut wnids: Vec<String> = data
+        .0
+        .manifest
+        .classes
+        .iter()
+        .map(|c| c.wnid.clone())
+        .collect();
+    wnids.swap(1, 2);
+    ck.save_with_classes(&last, Some(&wnids)).unwrap();
+    let mut o = options(p.clone(), &data, &out);
+    o.resume = true;
+    let err = train::train(o, &Silent).unwrap_err().to_string();
+    assert!(
+        err.contains("label 1 is") && err.contains("--allow-class-mismatch"),
+        "{err}"
+    );
+    // init_from refuses it too.
+    let text = std::fs::read_to_string(dir.path().join("p.toml"))
+        .unwrap()
+        .replace("epochs = 2", &format!("epochs = 1\ninit_from = {last:?}"));
+    std::fs::write(dir.path().join("init.toml"), text).unwrap();
+    let init = Pipeline::load(&dir.path().join("init.toml")).unwrap();
+    let err = train::train(options(init, &data, &dir.path().join("b")), &Silent)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("training.init_from") && err.contains("label 1 is"),
+        "{err}"
+    );
+    let mut o = options(p, &data, &out);
+    o.resume = true;
+    o.allow_class_mismatch = true;
+    train::train(o, &Silent).unwrap();
+}
+
+#[test]
+fn a_loss_that_runs_away_in_mid_epoch_leaves_a_checkpoint_that_trains_on_at_a_lower_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let out = dir.path().join("run");
+    // A checkpoint after every step: the last one before the NaN holds exploded weights.
+    let extra = "[optimizer]\nlr = 0.01\ndropout = 0.0\n[schedule]\nkind = \"constant\"\n\
+                 [training]\ninit = { kind = \"kaiming\" }\nlog_every = 1\ncheckpoint_every = 1\n\
+                 epochs = 1\nval_limit = 20\n";
+    let p = pipeline(dir.path(), extra);
+    let err = train::train(options(p.clone(), &data, &out), &Silent).unwrap_err();
+    let TrainError::NonFinite {
+        step, checkpoint, ..
+    } = &err
+    else {
+        panic!("expected a non-finite loss, got {err}");
+    };
+    assert!(
+        *step > 1,
+        "diverged at step {step}: no mid-epoch checkpoint to test"
+    );
+    assert_eq!(
+        checkpoint.as_deref(),
+        Some(out.join("last.safetensors").as_path())
+    );
+    let diverged = Checkpoint::load(&out.join("diverged.safetensors")).unwrap();
+    assert_eq!(diverged.state.unwrap()["step"].as_u64(), Some(*step));
+    let last = Checkpoint::load(&out.join("last.safetensors")).unwrap();
+    assert_eq!(last.state.unwrap()["step"].as_u64(), Some(0));
+    // --resume --lr ten times lower trains the epoch with a finite loss.
+    let mut o = options(p, &data, &out);
+    o.resume = true;
+    o.lr = Some(0.001);
+    let s = train::train(o, &Silent).unwrap();
+    assert_eq!(s.ending, Ending::Epochs);
+    assert!(s.last_epoch.unwrap().train_loss.is_finite());
+}
+
+#[test]
+fn a_second_vgg_train_in_a_busy_run_directory_is_refused_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    dataset(dir.path());
+    pipeline(dir.path(), &format!("{FAST}epochs = 1000\n"));
+    let out = dir.path().join("run");
+    let train = |extra: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"));
+        c.args([
+            "train",
+            "p.toml",
+            "--out",
+            "run",
+            "--no-val",
+            "--threads",
+            "1",
+        ])
+        .args(extra)
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut first = train(&[]).spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !out.join("last.safetensors").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first run never checkpointed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = train(&["--resume"]).output().unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    first.wait().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{err}");
+    assert!(
+        err.contains("in use by process") && err.contains(&first.id().to_string()),
+        "{err}"
+    );
+    // The first run released the folder when it stopped: resuming now works.
+    let again = train(&["--resume", "--epochs", "1"]).output().unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    // And --resume where there is no run says so instead of starting one.
+    let none = std::process::Command::new(env!("CARGO_BIN_EXE_vgg"))
+        .args(["train", "p.toml", "--out", "nowhere", "--resume"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no run to resume"));
+    assert!(!dir.path().join("nowhere").exists());
 }

@@ -243,6 +243,15 @@ pub enum ShardError {
         record: usize,
         reason: String,
     },
+    /// A record's bytes do not match the CRC-32C its index row stores.
+    #[error("{path}: record {record} ({key}): payload checksum mismatch (stored {stored:#010x}, computed {computed:#010x}); the shard is damaged, re-run `vgg prepare` to redo it")]
+    RecordChecksum {
+        path: PathBuf,
+        record: usize,
+        key: String,
+        stored: u32,
+        computed: u32,
+    },
     #[error("{path}: record too large ({len} bytes; a record is at most 4 GiB)")]
     RecordTooLarge { path: PathBuf, len: usize },
 }

@@ -178,21 +178,27 @@ impl ShardReader {
         })
     }
 
-    /// Checks record `i`'s payload checksum.
+    /// Record `i` after checking its payload against the CRC-32C of its index row; a mismatch is
+    /// [`ShardError::RecordChecksum`], naming the file, the record and its key.
     pub fn check_record(&self, i: usize) -> Result<RecordRef<'_>, ShardError> {
         let rec = self.record(i)?;
         let computed = crc32c::crc32c(rec.bytes);
         if computed != rec.crc {
-            return Err(ShardError::BadRecord {
+            return Err(ShardError::RecordChecksum {
                 path: self.path.clone(),
                 record: i,
-                reason: format!(
-                    "payload checksum mismatch (key {}, stored {:#010x}, computed {computed:#010x})",
-                    rec.key, rec.crc
-                ),
+                key: rec.key.to_string(),
+                stored: rec.crc,
+                computed,
             });
         }
         Ok(rec)
+    }
+
+    /// Checks every record's payload checksum (reads every byte); the first mismatch is the
+    /// error.
+    pub fn check_all(&self) -> Result<(), ShardError> {
+        (0..self.len()).try_for_each(|i| self.check_record(i).map(|_| ()))
     }
 
     /// The shard's JSON metadata block.
@@ -296,8 +302,9 @@ mod tests {
         let r = ShardReader::open(&bad).unwrap();
         assert!(matches!(
             r.check_record(0),
-            Err(ShardError::BadRecord { record: 0, .. })
+            Err(ShardError::RecordChecksum { record: 0, .. })
         ));
+        assert!(r.check_all().is_err());
         assert!(r.check_record(1).is_ok());
     }
 
