@@ -239,18 +239,26 @@ fn corrupt_record(shard: &PathBuf, record: usize) -> String {
     key
 }
 
-#[test]
-fn a_record_that_fails_to_decode_is_an_error_naming_shard_and_record() {
+/// A sequential epoch of batches of 2 over the toy set after `damage` has changed record 3 of
+/// shard 1 (it returns the record's key).
+fn sequential_epoch_with(
+    damage: impl Fn(&std::path::PathBuf) -> String,
+) -> (Vec<Result<vgg::data::loader::Batch, LoaderError>>, String) {
     let dir = tempfile::tempdir().unwrap();
     let (split, p) = prepared_toy(dir.path());
     let shard = split.shards[1].path().to_path_buf();
     drop(split);
-    let key = corrupt_record(&shard, 3);
+    let key = damage(&shard);
     let split = Arc::new(PreparedSplit::open(shard.parent().unwrap()).unwrap());
-    let results: Vec<Result<_, LoaderError>> =
-        Loader::new(split, options(&p, 2, 0, |s| s.order = Order::Sequential))
-            .unwrap()
-            .collect();
+    let results = Loader::new(split, options(&p, 2, 0, |s| s.order = Order::Sequential))
+        .unwrap()
+        .collect();
+    (results, key)
+}
+
+#[test]
+fn a_record_that_fails_to_decode_is_an_error_naming_shard_and_record() {
+    let (results, key) = sequential_epoch_with(|shard| corrupt_record(shard, 3));
     // Record 3 of shard 1 is global record 19: batches 0 and 1 are fine, batch 2 fails, then the
     // epoch ends.
     assert_eq!(results.len(), 3);
@@ -374,17 +382,8 @@ pub fn flip_payload_byte(shard: &Path, record: usize) -> String {
 
 #[test]
 fn a_record_with_one_flipped_byte_fails_the_epoch_naming_shard_record_and_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let (split, p) = prepared_toy(dir.path());
-    let shard = split.shards[1].path().to_path_buf();
-    drop(split);
-    let key = flip_payload_byte(&shard, 3);
     // The index and header are intact, so the store opens; the record's bytes are refused.
-    let split = Arc::new(PreparedSplit::open(shard.parent().unwrap()).unwrap());
-    let results: Vec<Result<_, LoaderError>> =
-        Loader::new(split, options(&p, 2, 0, |s| s.order = Order::Sequential))
-            .unwrap()
-            .collect();
+    let (results, key) = sequential_epoch_with(|shard| flip_payload_byte(shard, 3));
     assert_eq!(results.len(), 3);
     assert!(results[0].is_ok() && results[1].is_ok());
     let e = results[2]
