@@ -49,6 +49,15 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         threads: a.threads,
         merge: a.merge,
     };
+    // One prepare of a whole dataset at a time (parts of one, run with --part on several
+    // machines, write disjoint shards and are not locked).
+    let _lock = match a.part {
+        None => Some(vgg::util::lock::FolderLock::acquire(
+            &spec.shards,
+            "vgg prepare",
+        )?),
+        Some(_) => None,
+    };
     let reports = prepare::prepare(&spec, &opts, &c.bars(a.json), &CANCEL)?;
     if a.json {
         print_json(&reports)?;

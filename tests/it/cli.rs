@@ -419,3 +419,21 @@ fn values_clap_parses_are_refused_before_any_work_with_exit_2() {
     );
     assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
 }
+
+#[test]
+fn a_prepare_of_a_dataset_being_prepared_is_refused_naming_the_holder() {
+    let (fx, shards) = prepared(2);
+    let held = vgg::util::lock::FolderLock::acquire(&shards, "vgg prepare").unwrap();
+    let o = vgg(&["--datasets", "fx.toml", "prepare", "fx"], fx.dir.path());
+    assert!(!o.status.success(), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("in use by process") && err.contains(&std::process::id().to_string()),
+        "{}",
+        text(&o)
+    );
+    drop(held);
+    let o = vgg(&["--datasets", "fx.toml", "prepare", "fx"], fx.dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!shards.join(vgg::util::lock::LOCK_FILE).exists());
+}
