@@ -129,10 +129,18 @@ pub struct Args {
     json: bool,
 }
 
+/// The largest test scale `--scales` accepts (8x the paper's largest).
+const MAX_TEST_SCALE: u32 = 4096;
+
 /// One test scale of `--scales`: a positive whole number (spaces around it allowed).
 fn test_scale(s: &str) -> Result<u32, String> {
     match s.trim().parse::<u32>() {
         Ok(0) => Err("a test scale must be positive, not 0".into()),
+        Ok(q) if q > MAX_TEST_SCALE => Err(format!(
+            "a test scale of {q} is beyond {MAX_TEST_SCALE} (the paper tests at 224-512; one image at \
+             Q = {q} needs about {} MiB per feature map channel)",
+            (q as u64 * q as u64 * 4) >> 20
+        )),
         Ok(q) => Ok(q),
         Err(_) => Err(format!("`{}` is not a whole number of pixels", s.trim())),
     }
@@ -157,6 +165,19 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     let protocol = a.protocol;
     anyhow::ensure!(a.batch > 0, "--batch must be at least 1");
     anyhow::ensure!(a.grid > 0, "--grid must be at least 1");
+    if let Some(s) = &a.scales {
+        let mut seen = s.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        anyhow::ensure!(
+            seen.len() == s.len(),
+            "--scales {}: a scale is listed twice (it would count twice in the average)",
+            s.iter()
+                .map(|q| q.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
     let target = resolve(a)?;
     let scales = match &a.scales {
         Some(s) => s.clone(),

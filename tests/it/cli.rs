@@ -399,6 +399,7 @@ fn values_clap_parses_are_refused_before_any_work_with_exit_2() {
         (&["--protocol", "dens"][..], "unknown protocol"),
         (&["--scales", "256,0"][..], "positive"),
         (&["--scales", "256,,384"][..], "not a whole number"),
+        (&["--scales", "256,5000"][..], "beyond 4096"),
         (&["--device", "gpu"][..], "not a device"),
         (&["--train-scale", "[512;256]"][..], "training scale"),
     ] {
@@ -407,6 +408,14 @@ fn values_clap_parses_are_refused_before_any_work_with_exit_2() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(says), "{extra:?}: {}", text(&o));
     }
+    // A scale listed twice is refused before anything is read.
+    let o = eval(&["--scales", "256,384,256"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("listed twice"),
+        "{}",
+        text(&o)
+    );
     // Spaces around a test scale are fine: the arguments parse, and the error is then about
     // the missing registry.
     let o = eval(&["--scales", "256, 384"]);
