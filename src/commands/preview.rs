@@ -22,8 +22,9 @@ pub struct Args {
     /// Output PNG file.
     #[arg(long, value_name = "FILE.png")]
     out: PathBuf,
-    #[arg(long, default_value_t = 32, value_name = "N")]
-    count: usize,
+    /// Number of augmented samples to draw (at least 1).
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: u64,
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     #[arg(long, default_value_t = 0, value_name = "E")]
@@ -38,7 +39,7 @@ pub struct Args {
 pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     let d = c.pipeline_data(&a.pipeline, a.dataset.as_deref())?;
     let (p, name) = (&d.pipeline, &d.dataset);
-    let tiles = training_tiles(p, d.train.clone(), a.count, a.epoch, a.threads)?;
+    let tiles = training_tiles(p, d.train.clone(), a.count as usize, a.epoch, a.threads)?;
     anyhow::ensure!(!tiles.is_empty(), "the train split of `{name}` is empty");
     let opts = SheetOptions {
         columns: a.columns,

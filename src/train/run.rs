@@ -135,6 +135,12 @@ pub struct TrainSummary {
     pub plots: Vec<PathBuf>,
 }
 
+/// A learning rate as a person writes it: 1e-4, not the float's 1.00000005e-4.
+pub fn short_rate(lr: f32) -> String {
+    let rounded: f64 = format!("{lr:.5e}").parse().unwrap_or(lr as f64);
+    format!("{rounded:e}")
+}
+
 /// The line printed for a finished epoch (above the progress bar).
 pub fn epoch_line(r: &EpochRecord) -> String {
     let val = match (r.val_top1_error, r.val_top5_error) {
@@ -864,7 +870,9 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
         progress.finish();
         if let Decision::Decrease { from, to } = decision {
             progress.line(&format!(
-                "learning rate {from:e} -> {to:e} (validation top-1 error stopped improving)"
+                "learning rate {} -> {} (validation top-1 error stopped improving)",
+                short_rate(from),
+                short_rate(to)
             ));
         }
         if let Some(log) = &log {

@@ -408,6 +408,11 @@ fn values_clap_parses_are_refused_before_any_work_with_exit_2() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(says), "{extra:?}: {}", text(&o));
     }
+    let o = vgg(
+        &["preview", "p.toml", "--out", "x.png", "--count", "0"],
+        dir.path(),
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     // A scale listed twice is refused before anything is read.
     let o = eval(&["--scales", "256,384,256"]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));

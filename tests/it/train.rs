@@ -795,3 +795,11 @@ fn a_second_vgg_train_in_a_busy_run_directory_is_refused_naming_the_first() {
     assert!(String::from_utf8_lossy(&none.stderr).contains("no run to resume"));
     assert!(!dir.path().join("nowhere").exists());
 }
+
+#[test]
+fn learning_rates_print_as_written() {
+    use vgg::train::run::short_rate;
+    assert_eq!(short_rate(1e-3 * 0.1), "1e-4");
+    assert_eq!(short_rate(0.01), "1e-2");
+    assert_eq!(short_rate(2.5e-3), "2.5e-3");
+}
