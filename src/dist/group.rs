@@ -188,10 +188,17 @@ summable!(i64, 3, 0, |a: i64, b: i64| a.wrapping_add(b));
 /// # Panics
 /// If the lengths differ.
 pub fn accumulate<T: Summable>(acc: &mut [T], x: &[T]) {
+    use rayon::prelude::*;
     assert_eq!(acc.len(), x.len(), "accumulate: parts of different lengths");
-    for (a, &b) in acc.iter_mut().zip(x) {
-        *a = a.add(b);
-    }
+    // Element-wise, so splitting the work over threads gives the same bits.
+    const CHUNK: usize = 1 << 16;
+    acc.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(a, b)| {
+            for (a, &b) in a.iter_mut().zip(b) {
+                *a = a.add(b);
+            }
+        });
 }
 
 /// The sum of `parts` in rank order, element by element: `out = parts[0]; out += parts[1]; ...`.

@@ -27,7 +27,6 @@ use std::time::Instant;
 
 use ort::session::{IoBinding, Session};
 use ort::value::Tensor;
-use rayon::prelude::*;
 
 use super::step::{
     allocate, bind_alternating, check_counts, device_allocator, download_into, download_set,
@@ -410,7 +409,7 @@ impl ParallelStep {
                 let acc = first[0].grads[last][t].extract_tensor_mut().1;
                 for rep in rest.iter() {
                     let x = rep.grads[last][t].extract_tensor().1;
-                    add_into(acc, x);
+                    crate::dist::accumulate(acc, x);
                 }
                 if let Some(g) = self.group.as_mut() {
                     g.all_reduce_f32(acc)?;
@@ -452,7 +451,7 @@ impl ParallelStep {
                 } else {
                     part.resize(acc.len(), 0.0);
                     download_into(&rep.grads[last][t], &mut part, rep.device)?;
-                    add_into(acc, &part);
+                    crate::dist::accumulate(acc, &part);
                 }
             }
             if let Some(g) = self.group.as_mut() {
@@ -477,19 +476,19 @@ impl ParallelStep {
         &r.sets[r.current][..self.specs.len()]
     }
 
-    /// A checksum of every replica's current parameters and momenta, in replica order; they
+    /// A CRC-32C of every replica's current parameters and momenta, in replica order; they
     /// are equal while the replicas are in step.
-    pub fn checksums(&self) -> Result<Vec<u64>, TrainError> {
+    pub fn checksums(&self) -> Result<Vec<u32>, TrainError> {
         let mut out = Vec::new();
         for r in &self.replicas {
-            let mut h = Fnv::default();
+            let mut h = 0u32;
             let mut buf = Vec::new();
             for t in &r.sets[r.current] {
                 buf.resize(t.shape().iter().product::<i64>() as usize, 0.0);
                 download_into(t, &mut buf, r.device)?;
-                h.write(bytemuck::cast_slice(&buf));
+                h = crc32c::crc32c_append(h, bytemuck::cast_slice(&buf));
             }
-            out.push(h.0);
+            out.push(h);
         }
         Ok(out)
     }
@@ -595,32 +594,6 @@ fn nccl_for(
                 .collect();
             nccl::group_end()?;
             Ok(comms?)
-        }
-    }
-}
-
-/// `acc += x`, element-wise (in parallel for large tensors; the same bits either way).
-fn add_into(acc: &mut [f32], x: &[f32]) {
-    const CHUNK: usize = 1 << 16;
-    acc.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
-}
-
-/// FNV-1a, enough to tell two parameter sets apart.
-pub(super) struct Fnv(pub(super) u64);
-
-impl Default for Fnv {
-    fn default() -> Self {
-        Fnv(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Fnv {
-    pub(super) fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 ^= b as u64;
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
         }
     }
 }

@@ -984,15 +984,15 @@ fn same_start_everywhere(
     momenta: &[NamedTensor],
     state: &TrainState,
 ) -> Result<(), TrainError> {
-    let mut h = super::parallel::Fnv::default();
+    let mut h = 0u32;
     for t in params.iter().chain(momenta) {
-        h.write(t.name.as_bytes());
-        h.write(bytemuck::cast_slice(&t.data));
+        h = crc32c::crc32c_append(h, t.name.as_bytes());
+        h = crc32c::crc32c_append(h, bytemuck::cast_slice(&t.data));
     }
-    h.write(&state.epoch.to_le_bytes());
-    h.write(&state.batch.to_le_bytes());
-    h.write(&state.step.to_le_bytes());
-    let mine = h.0.to_le_bytes().to_vec();
+    for n in [state.epoch, state.batch, state.step] {
+        h = crc32c::crc32c_append(h, &n.to_le_bytes());
+    }
+    let mine = h.to_le_bytes().to_vec();
     let mut theirs = mine.clone();
     g.broadcast(&mut theirs)?;
     if theirs != mine {
