@@ -488,3 +488,86 @@ fn onnx_checker_accepts_the_graphs_when_python_onnx_is_installed() {
         );
     }
 }
+
+/// The step graph's results, recorded in `tests/fixtures/step-pin.safetensors` from the graph
+/// as first written (before any of its formulations were changed for speed): a reformulated
+/// backward pass or update must give the same parameters, momenta, loss and hit counts after
+/// three steps, to float rounding. Two networks (with LRN, and without, where a ReLU feeds a
+/// max-pool directly), dropout, momentum, weight decay, and two flat images whose pooling
+/// windows tie. `VGG_WRITE_STEP_PIN=1` rewrites the file (only ever from a reviewed graph).
+#[test]
+fn step_results_match_the_pinned_graph() {
+    use vgg::net::checkpoint::{read_tensors, write_tensors, NamedTensor};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/step-pin.safetensors");
+    let mut got: Vec<NamedTensor> = Vec::new();
+    for lrn in [true, false] {
+        let config = tiny(lrn);
+        let n = 6;
+        let opts = StepOptions {
+            batch: n,
+            ..Default::default()
+        };
+        let mut s = session::build(
+            &graphs::train_step_graph(&config, &opts).unwrap(),
+            &single_thread(),
+        )
+        .unwrap();
+        let mut p = params(&config, 31);
+        let mut v = momenta(&p, 32);
+        let mut b = batch(&config, n, 33, true, 2.0);
+        // Images 0 and 1 flat (one value per channel): every pooling window ties.
+        let plane = (config.input * config.input) as usize;
+        for i in 0..2 {
+            for c in 0..3 {
+                let at = (i * 3 + c) * plane;
+                let value = b.images.data[at];
+                b.images.data[at..at + plane].fill(value);
+            }
+        }
+        let tag = if lrn { "lrn" } else { "plain" };
+        for k in 0..3 {
+            let out = step(&mut s, &p, &v, &b, 0.05);
+            for key in ["loss", "top1_correct", "top5_correct"] {
+                got.push(NamedTensor {
+                    name: format!("{tag}/{k}/{key}"),
+                    shape: vec![1],
+                    data: out[key].clone(),
+                });
+            }
+            for t in p.iter_mut().chain(v.iter_mut()) {
+                t.data = out[&format!("{}{NEXT}", t.name)].clone();
+            }
+        }
+        for t in p.iter().chain(v.iter()) {
+            got.push(NamedTensor {
+                name: format!("{tag}/{}", t.name),
+                shape: t.shape.iter().map(|&d| d as usize).collect(),
+                data: t.data.clone(),
+            });
+        }
+    }
+    if std::env::var_os("VGG_WRITE_STEP_PIN").is_some() {
+        write_tensors(&path, &got, HashMap::new()).unwrap();
+        eprintln!("wrote {}", path.display());
+        return;
+    }
+    let (want, _) = read_tensors(&path).unwrap();
+    let want: HashMap<&str, &NamedTensor> = want.iter().map(|t| (t.name.as_str(), t)).collect();
+    assert_eq!(want.len(), got.len(), "the pinned file has other tensors");
+    for g in &got {
+        let w = want[g.name.as_str()];
+        assert_eq!(w.shape, g.shape, "{}", g.name);
+        let scale = w.data.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let worst = w
+            .data
+            .iter()
+            .zip(&g.data)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-5 * scale + 1e-8,
+            "{}: differs from the pinned step by {worst} (largest value {scale})",
+            g.name
+        );
+    }
+}
