@@ -385,7 +385,7 @@ fn profile(config: &VggConfig, opts: &StepOptions, threads: usize, steps: usize)
         })
         .collect();
     top.sort_by(|a, b| b.ms.partial_cmp(&a.ms).unwrap());
-    top.truncate(5);
+    top.truncate(12);
     Profile {
         steps: kept as usize,
         forward_ms: ms(fwd),

@@ -275,35 +275,68 @@ fn maxpool_2x2() {
         )
     };
     check("maxpool", &inputs, &["x"], &[2, 3, 3, 4], pool, 1e-2, 24);
+    // With the pool's Indices output, the gradient is a scatter at those positions.
+    let pool_with_indices = |g: &mut Graph, n: &[String]| {
+        g.op_n(
+            "MaxPool",
+            &[&n[0]],
+            2,
+            &[
+                ("kernel_shape", vec![2, 2].into()),
+                ("strides", vec![2, 2].into()),
+            ],
+        )
+        .swap_remove(0)
+    };
+    check(
+        "maxpool with indices",
+        &inputs,
+        &["x"],
+        &[2, 3, 3, 4],
+        pool_with_indices,
+        1e-2,
+        24,
+    );
 }
 
 #[test]
 fn maxpool_ties_go_to_the_first_maximum() {
-    // One window of four equal values: the whole gradient goes to its top-left element, as in
-    // PyTorch, not to all four.
-    let mut g = Graph::new("ties");
-    let x = g.input("x", ElemType::F32, dims(&[1, 1, 2, 2]), "");
-    let dy = g.input("dy", ElemType::F32, dims(&[1, 1, 1, 1]), "");
-    let y = g.op(
-        "MaxPool",
-        &[&x],
-        &[
-            ("kernel_shape", vec![2, 2].into()),
-            ("strides", vec![2, 2].into()),
-        ],
-    );
-    let grads = autodiff::backward(&mut g, &[(&y, &dy)], &["x"]).unwrap();
-    g.output(&grads[0], "dx", ElemType::F32, dims(&[1, 1, 2, 2]), "");
-    let mut s = session::build(&g, &SessionSettings::default()).unwrap();
-    let out = run(
-        &mut s,
-        &[
-            T::new("x", &[1, 1, 2, 2], vec![1.0; 4]),
-            T::new("dy", &[1, 1, 1, 1], vec![3.0]),
-        ],
-        vec![],
-    );
-    assert_eq!(out["dx"], vec![3.0, 0.0, 0.0, 0.0]);
+    // Windows whose maximum appears two to four times: the whole gradient goes to the first
+    // in row-major order, as in PyTorch, not to all of them; with and without the pool's
+    // Indices output. Two windows side by side, [1 1 | 0 2; 1 1 | 2 2]: the left one ties
+    // four ways, the right one three ways (top-right first).
+    for outputs in [1, 2] {
+        let mut g = Graph::new("ties");
+        let x = g.input("x", ElemType::F32, dims(&[1, 1, 2, 4]), "");
+        let dy = g.input("dy", ElemType::F32, dims(&[1, 1, 1, 2]), "");
+        let y = g
+            .op_n(
+                "MaxPool",
+                &[&x],
+                outputs,
+                &[
+                    ("kernel_shape", vec![2, 2].into()),
+                    ("strides", vec![2, 2].into()),
+                ],
+            )
+            .swap_remove(0);
+        let grads = autodiff::backward(&mut g, &[(&y, &dy)], &["x"]).unwrap();
+        g.output(&grads[0], "dx", ElemType::F32, dims(&[1, 1, 2, 4]), "");
+        let mut s = session::build(&g, &SessionSettings::default()).unwrap();
+        let out = run(
+            &mut s,
+            &[
+                T::new("x", &[1, 1, 2, 4], vec![1., 1., 0., 2., 1., 1., 2., 2.]),
+                T::new("dy", &[1, 1, 1, 2], vec![3.0, 5.0]),
+            ],
+            vec![],
+        );
+        assert_eq!(
+            out["dx"],
+            vec![3., 0., 0., 5., 0., 0., 0., 0.],
+            "{outputs} output(s)"
+        );
+    }
 }
 
 #[test]

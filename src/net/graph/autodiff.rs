@@ -12,9 +12,13 @@
 //!   of the padded input as `[C, N*H*W]` (the fastest form on CPU, 2-4x the swapped-axes Conv);
 //!   bias gradient by `ReduceSum` over N, H, W.
 //! - Relu: `Where(Y > 0, dY, 0)`.
-//! - MaxPool 2x2/2: the window is unfolded by `SpaceToDepth`, the first maximum picked by
-//!   `ArgMax` (PyTorch's choice on ties) and the gradient routed with `Where`, folded back by
-//!   `DepthToSpace` (no MaxUnpool, which the CUDA provider lacks).
+//! - MaxPool 2x2/2: with the pool's `Indices` output, one `ScatterElements` of dY into zeros
+//!   at those positions (ONNX Runtime's CPU pool takes a window's first maximum in row-major
+//!   order, PyTorch's choice on ties; its CUDA pool scans a window column by column, so a tie
+//!   between the two off-diagonal positions goes to the lower-left one there). Without
+//!   `Indices`, the window is unfolded by `SpaceToDepth`, the first maximum picked by `ArgMax`
+//!   and the gradient routed with `Where`, folded back by `DepthToSpace` (no MaxUnpool, which
+//!   the CUDA provider lacks).
 //! - LRN: the closed form, the channel-window sum written as a padded sum of shifted slices.
 //! - Gemm, Flatten/Reshape, Mul, Add, Neg, ReduceSum, ReduceMean (all axes given), LogSoftmax,
 //!   Softmax, Identity.
@@ -351,7 +355,7 @@ fn maxpool_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffErr
         || n.ints("strides", &[1, 1]) != [2, 2]
         || n.ints("pads", &[0, 0, 0, 0]) != [0, 0, 0, 0]
         || n.int("ceil_mode", 0) != 0
-        || n.outputs.len() > 1
+        || n.int("storage_order", 0) != 0
     {
         return Err(unsupported(
             n,
@@ -360,6 +364,20 @@ fn maxpool_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffErr
     }
     let x = n.inputs[0].as_str();
     let y = n.outputs[0].as_str();
+    if let Some(indices) = n.outputs.get(1) {
+        // The pool's Indices (each window's first maximum, as a flat index into X) route dY
+        // in one scatter into zeros shaped like X.
+        let shape = g.op("Shape", &[x], &[]);
+        let zeros = g.op("ConstantOfShape", &[&shape], &[]);
+        let flat = g.ints(&[-1]);
+        let (z, i, u) = (
+            g.op("Reshape", &[&zeros, &flat], &[]),
+            g.op("Reshape", &[indices, &flat], &[]),
+            g.op("Reshape", &[dy, &flat], &[]),
+        );
+        let routed = g.op("ScatterElements", &[&z, &i, &u], &[("axis", 0i64.into())]);
+        return Ok(g.op("Reshape", &[&routed, &shape], &[]));
+    }
     // [N, 4C, h, w] with channel (dh * 2 + dw) * C + c, viewed as [N, 4, C, h, w].
     let unfolded = g.op("SpaceToDepth", &[x], &[("blocksize", 2i64.into())]);
     let sy = g.op("Shape", &[y], &[]);

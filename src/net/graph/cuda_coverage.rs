@@ -265,6 +265,17 @@ static SCHEMAS: &[(&[&str], Bindings, &[OutType])] = {
             SAME,
         ),
         (
+            &["ScatterElements"],
+            &[("T", &[In(0), In(2), Out(0)]), ("Tind", &[In(1)])],
+            SAME,
+        ),
+        // The graphs write ConstantOfShape without a `value` attribute: float zeros.
+        (
+            &["ConstantOfShape"],
+            &[("T1", &[In(0)]), ("T2", &[Out(0)])],
+            &[Fixed("float")],
+        ),
+        (
             &["Gather", "GatherElements"],
             &[("T", &[In(0), Out(0)]), ("Tind", &[In(1)])],
             SAME,
@@ -456,6 +467,13 @@ fn check_node(
             node.op
         ));
     };
+    if node.op == "ConstantOfShape" && node.attrs.iter().any(|(k, _)| k == "value") {
+        return Err(
+            "ConstantOfShape with a `value` attribute: its type is not modelled here \
+             (only the default, float zeros)"
+                .into(),
+        );
+    }
     // The element types bound to each constraint, which must agree.
     let mut bound: Vec<(&str, Vec<(String, &'static str)>)> = Vec::new();
     for &(constraint, slots) in bindings {

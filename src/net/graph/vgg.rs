@@ -75,10 +75,26 @@ fn declare_params(g: &mut Graph, params: &[ParamSpec]) {
     }
 }
 
+/// How [`features`] writes its max-pools.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pools {
+    /// Conv, ReLU, then the pool: inference (ONNX Runtime fuses each Conv with its ReLU).
+    Inference,
+    /// For differentiation: each pool also outputs the position of its maximum, so its
+    /// gradient is one scatter; and where a ReLU feeds a pool directly, the pool comes first
+    /// (`max(relu(x)) = relu(max(x))`, and the first maximum of a window is the same one
+    /// unless the window is all negative, where the ReLU's gradient is zero either way), so
+    /// that ReLU and its gradient work on a quarter of the values.
+    Training,
+}
+
 /// The convolutional part: conv + ReLU (+ LRN) per layer, a 2x2 max-pool per block.
-fn features(g: &mut Graph, config: &VggConfig, x: &str) -> String {
+fn features(g: &mut Graph, config: &VggConfig, x: &str, pools: Pools) -> String {
     let mut x = x.to_string();
-    let mut first = true;
+    let pool = [
+        ("kernel_shape", vec![2i64, 2].into()),
+        ("strides", vec![2i64, 2].into()),
+    ];
     for (b, block) in config.blocks.iter().enumerate() {
         for (i, conv) in block.iter().enumerate() {
             let layer = format!("conv{}_{}", b + 1, i + 1);
@@ -92,32 +108,34 @@ fn features(g: &mut Graph, config: &VggConfig, x: &str) -> String {
                     ("pads", vec![p, p, p, p].into()),
                 ],
             );
-            x = g.op("Relu", &[&y], &[]);
-            if first {
-                if let Some(l) = config.lrn {
-                    // AlexNet's convention has no 1/size factor; ONNX divides alpha by size.
-                    x = g.op(
-                        "LRN",
-                        &[&x],
-                        &[
-                            ("size", (l.size as i64).into()),
-                            ("alpha", (l.alpha * l.size as f32).into()),
-                            ("beta", l.beta.into()),
-                            ("bias", l.k.into()),
-                        ],
-                    );
-                }
-                first = false;
+            let lrn = config.lrn.filter(|_| b == 0 && i == 0);
+            let last = i + 1 == block.len();
+            x = if pools == Pools::Training && last && lrn.is_none() {
+                let pooled = g.op_n("MaxPool", &[&y], 2, &pool).swap_remove(0);
+                g.op("Relu", &[&pooled], &[])
+            } else {
+                g.op("Relu", &[&y], &[])
+            };
+            if let Some(l) = lrn {
+                // AlexNet's convention has no 1/size factor; ONNX divides alpha by size.
+                x = g.op(
+                    "LRN",
+                    &[&x],
+                    &[
+                        ("size", (l.size as i64).into()),
+                        ("alpha", (l.alpha * l.size as f32).into()),
+                        ("beta", l.beta.into()),
+                        ("bias", l.k.into()),
+                    ],
+                );
+            }
+            if last && (pools == Pools::Inference || lrn.is_some()) {
+                x = match pools {
+                    Pools::Inference => g.op("MaxPool", &[&x], &pool),
+                    Pools::Training => g.op_n("MaxPool", &[&x], 2, &pool).swap_remove(0),
+                };
             }
         }
-        x = g.op(
-            "MaxPool",
-            &[&x],
-            &[
-                ("kernel_shape", vec![2, 2].into()),
-                ("strides", vec![2, 2].into()),
-            ],
-        );
     }
     x
 }
@@ -196,7 +214,7 @@ pub fn forward_graph(config: &VggConfig) -> Graph {
         (config.input as i64).into(),
     );
     declare_params(&mut g, &params);
-    let f = features(&mut g, config, &x);
+    let f = features(&mut g, config, &x, Pools::Inference);
     let logits = classifier(&mut g, &f, None);
     let probs = g.op("Softmax", &[&logits], &[("axis", 1i64.into())]);
     let out = vec![Dim::from("batch"), (config.classes as i64).into()];
@@ -235,7 +253,7 @@ pub fn dense_graph(config: &VggConfig) -> Graph {
         "float32 NCHW, mean-subtracted, both sides at least the training input",
     );
     declare_params(&mut g, &params);
-    let mut h = features(&mut g, config, &x);
+    let mut h = features(&mut g, config, &x, Pools::Inference);
     let last_c = params[params.len() - 8].shape[0]; // the last conv's output channels
     let side = config.final_side() as i64;
     let fc = config.fc as i64;
@@ -323,7 +341,7 @@ fn forward_backward(
         "dropout mask after fc7: 0 or 1/(1-p)",
     );
     g.phase = "forward/".into();
-    let f = features(g, config, &x);
+    let f = features(g, config, &x, Pools::Training);
     let logits = classifier(g, &f, Some([&m6, &m7]));
     let (loss, top1, top5) = loss_and_hits(g, &logits, &labels, config.classes as i64, n);
     let seed = g.scalar(1.0);
