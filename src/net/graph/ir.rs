@@ -257,6 +257,34 @@ impl Graph {
         out
     }
 
+    /// The node that writes `tensor`, if a node does (not for inputs and initializers).
+    pub fn producer_mut(&mut self, tensor: &str) -> Option<&mut Node> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.outputs.iter().any(|o| o == tensor))
+    }
+
+    /// How many node inputs and graph outputs read `tensor`.
+    pub fn uses(&self, tensor: &str) -> usize {
+        let by_nodes: usize = self
+            .nodes
+            .iter()
+            .map(|n| n.inputs.iter().filter(|i| *i == tensor).count())
+            .sum();
+        by_nodes + self.outputs.iter().filter(|o| o.name == tensor).count()
+    }
+
+    /// Gives the tensor a node writes, and nothing reads yet, the exact name `name`.
+    pub fn rename_unread(&mut self, tensor: &str, name: &str) -> String {
+        assert_eq!(self.uses(tensor), 0, "`{tensor}` is already read");
+        let name = self.reserve(name);
+        let node = self.producer_mut(tensor).expect("a node's output");
+        for o in node.outputs.iter_mut().filter(|o| *o == tensor) {
+            *o = name.clone();
+        }
+        name
+    }
+
     /// Adds a node with `n` outputs.
     pub fn op_n(
         &mut self,

@@ -321,6 +321,7 @@ fn forward_backward(
     g: &mut Graph,
     config: &VggConfig,
     opts: &StepOptions,
+    scale: Option<&str>,
 ) -> Result<(String, String, String, Vec<String>), AutodiffError> {
     let n = opts.batch as i64;
     let params = parameters(config);
@@ -344,7 +345,12 @@ fn forward_backward(
     let f = features(g, config, &x, Pools::Training);
     let logits = classifier(g, &f, Some([&m6, &m7]));
     let (loss, top1, top5) = loss_and_hits(g, &logits, &labels, config.classes as i64, n);
-    let seed = g.scalar(1.0);
+    // The incoming gradient of the loss: 1, or a scale every gradient is then multiplied by
+    // at no cost (the backward pass is linear in it).
+    let seed = match scale {
+        Some(s) => s.to_string(),
+        None => g.scalar(1.0),
+    };
     let names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
     g.phase = "backward/".into();
     let grads = autodiff::backward(g, &[(&loss, &seed)], &names)?;
@@ -413,12 +419,86 @@ pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph,
         config.name, opts.batch
     );
     let params = parameters(config);
-    let (loss, top1, top5, grads) = forward_backward(&mut g, config, opts)?;
-    declare_like(&mut g, &params, MOMENTUM);
     let lr = g.input("learning_rate", ElemType::F32, vec![], "");
-    sgd_update(&mut g, &params, &grads, &lr, opts);
+    let minus_lr = g.op("Neg", &[&lr], &[]);
+    // The backward pass, seeded with -lr, gives -lr * gradient directly.
+    let (loss, top1, top5, steps) = forward_backward(&mut g, config, opts, Some(&minus_lr))?;
+    declare_like(&mut g, &params, MOMENTUM);
+    fused_sgd_update(&mut g, &params, &steps, &minus_lr, opts);
     loss_outputs(&mut g, &loss, &top1, &top5);
     Ok(g)
+}
+
+/// The step graph's form of [`sgd_update`], from `steps[i] = -lr * gradient` (the backward
+/// pass seeded with `minus_lr`), in fewer passes over the parameters:
+/// `v' = momentum * v + step + (-lr * wd) * w` and `w' = w + v'`. Where a gradient is the
+/// output of a Gemm (the fully connected weights), `momentum * v` is that Gemm's C input
+/// (beta = momentum), so the largest tensors are read and written two times fewer.
+fn fused_sgd_update(
+    g: &mut Graph,
+    params: &[ParamSpec],
+    steps: &[String],
+    minus_lr: &str,
+    opts: &StepOptions,
+) {
+    g.phase = "update/".into();
+    let momentum = g.scalar(opts.momentum);
+    let wd = g.scalar(opts.weight_decay);
+    let decay = g.op("Mul", &[minus_lr, &wd], &[]);
+    for (p, step) in params.iter().zip(steps) {
+        let decays = opts.weight_decay != 0.0 && (p.kind == ParamKind::Weight || opts.decay_biases);
+        let v = format!("{}{MOMENTUM}", p.name);
+        let v_next_name = format!("{v}{NEXT}");
+        let folded = fold_into_gemm(g, step, &v, opts.momentum);
+        let v_next = match (folded, decays) {
+            (true, true) => {
+                let d = g.op("Mul", &[&p.name, &decay], &[]);
+                g.op_named(&v_next_name, "Add", &[step, &d], &[])
+            }
+            (true, false) => g.rename_unread(step, &v_next_name),
+            (false, decays) => {
+                let mv = g.op("Mul", &[&v, &momentum], &[]);
+                if decays {
+                    let d = g.op("Mul", &[&p.name, &decay], &[]);
+                    let s = g.op("Add", &[step, &d], &[]);
+                    g.op_named(&v_next_name, "Add", &[&mv, &s], &[])
+                } else {
+                    g.op_named(&v_next_name, "Add", &[&mv, step], &[])
+                }
+            }
+        };
+        let w_next = g.op_named(
+            &format!("{}{NEXT}", p.name),
+            "Add",
+            &[&p.name, &v_next],
+            &[],
+        );
+        g.output(&w_next, &w_next, ElemType::F32, param_dims(p), "");
+        g.output(&v_next, &v_next, ElemType::F32, param_dims(p), "");
+    }
+}
+
+/// If `tensor` is written by a Gemm without a C input (alpha = beta = 1) and read by nothing
+/// yet, makes that Gemm add `beta * addend` (which must have the Gemm's output shape, as a
+/// parameter's momentum has its gradient's) and returns true.
+fn fold_into_gemm(g: &mut Graph, tensor: &str, addend: &str, beta: f32) -> bool {
+    if g.uses(tensor) != 0 {
+        return false;
+    }
+    let Some(node) = g.producer_mut(tensor) else {
+        return false;
+    };
+    if node.op != "Gemm"
+        || node.inputs.len() != 2
+        || node.float("alpha", 1.0) != 1.0
+        || node.float("beta", 1.0) != 1.0
+    {
+        return false;
+    }
+    node.inputs.push(addend.to_string());
+    node.attrs.retain(|(k, _)| k != "beta");
+    node.attrs.push(("beta".into(), beta.into()));
+    true
 }
 
 /// The gradient graph of data-parallel training and gradient accumulation: the step graph's
@@ -446,7 +526,7 @@ pub fn gradient_graph(
         }
     );
     let params = parameters(config);
-    let (loss, top1, top5, grads) = forward_backward(&mut g, config, opts)?;
+    let (loss, top1, top5, grads) = forward_backward(&mut g, config, opts, None)?;
     g.phase = "accumulate/".into();
     let keep = accumulate.then(|| {
         declare_like(&mut g, &params, GRAD);
