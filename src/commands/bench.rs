@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 
+use vgg::bench::step::{step_bench, Peer, StepBenchOptions, StepBenchReport};
 use vgg::bench::{self, LoaderReport, LoaderRow, TrainBenchReport};
+use vgg::config::model::VggConfig;
 use vgg::net::session::Devices;
 use vgg::train::parallel::ParallelOptions;
 use vgg::util::machine::{machine, Machine};
@@ -57,6 +59,55 @@ enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// The training step alone, as the trainer runs it (inputs and outputs bound, nothing
+    /// copied back), on a random batch, and with --peer the same step in PyTorch in the same
+    /// run: ms/step of both, their ratio, and each one's forward/backward/update split.
+    ///
+    /// The network is a row of the paper's Table 1 at a width multiplier (the default is the
+    /// demo network of pipelines/demo.toml). VGG-16 at full size: --config D --width 1
+    /// --input 224 --classes 1000 --batch 4. The peer is benches/peers/torch_train_step.py,
+    /// run with --python (it needs torch; without it the figures of vgg alone are printed,
+    /// with how to install it, and the exit status is 2).
+    ///
+    /// JSON keys: vgg_ms_per_step, peer_ms_per_step, ratio, phases, peer_phases, peer_error,
+    /// rows[threads, vgg{ms_per_step, images_per_sec, phases, top_ops, ...}, peer{...}, ratio],
+    /// network, parameters, batch, steps, rounds, machine.
+    TrainStep {
+        /// A row of the paper's Table 1: A, A-LRN, B, C, D or E.
+        #[arg(long, default_value = "A", value_name = "NAME")]
+        config: String,
+        /// Multiplies every layer's width.
+        #[arg(long, default_value_t = 0.125, value_name = "W")]
+        width: f64,
+        /// Input side in pixels.
+        #[arg(long, default_value_t = 64, value_name = "S")]
+        input: u32,
+        #[arg(long, default_value_t = 10, value_name = "C")]
+        classes: u32,
+        #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        batch: u64,
+        /// Intra-op thread counts, one row each (e.g. 1,2).
+        #[arg(long, default_value = "1", value_name = "LIST", value_delimiter = ',')]
+        threads: Vec<usize>,
+        /// Timed steps per measurement (after 3 warm-up steps); medians are reported.
+        #[arg(long, default_value_t = 20, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+        steps: u64,
+        /// Measurements of each side per thread count, alternating vgg and the peer, so load
+        /// from elsewhere on a shared machine hits both alike.
+        #[arg(long, default_value_t = 1, value_name = "R", value_parser = clap::value_parser!(u64).range(1..))]
+        rounds: u64,
+        /// Profiled steps for the phase split (0: no profile).
+        #[arg(long, default_value_t = 5, value_name = "K")]
+        profile_steps: usize,
+        /// Also run the PyTorch peer and report the ratio.
+        #[arg(long)]
+        peer: bool,
+        /// The Python that runs the peer (one with torch installed).
+        #[arg(long, default_value = "python3", value_name = "PATH")]
+        python: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Loader images/s for the full pipeline vs plain decoding of the same records, per thread
     /// count (1..all cores).
     ///
@@ -103,6 +154,58 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
                 print_json(&r)?;
             } else {
                 print_train(&r, name, &parallel);
+            }
+        }
+        BenchCommand::TrainStep {
+            config,
+            width,
+            input,
+            classes,
+            batch,
+            threads,
+            steps,
+            rounds,
+            profile_steps,
+            peer,
+            python,
+            json,
+        } => {
+            if threads.is_empty() || threads.contains(&0) {
+                anyhow::bail!("--threads: give one or more thread counts of at least 1");
+            }
+            let mut t = toml::Table::new();
+            t.insert("config".into(), config.clone().into());
+            t.insert("width".into(), (*width).into());
+            t.insert("classes".into(), i64::from(*classes).into());
+            t.insert("input".into(), i64::from(*input).into());
+            let network = VggConfig::from_table(&t)?;
+            let o = StepBenchOptions {
+                config: network,
+                table_row: config.clone(),
+                width: *width,
+                batch: *batch as usize,
+                threads: threads.clone(),
+                steps: *steps as usize,
+                profile_steps: *profile_steps,
+                rounds: *rounds as usize,
+                peer: peer.then(|| Peer {
+                    python: python.clone(),
+                    script: Peer::default_script(),
+                }),
+            };
+            let r = step_bench(&o, &CANCEL, |line| {
+                if !json {
+                    eprintln!("  {line}");
+                }
+            })?;
+            if *json {
+                print_json(&r)?;
+            } else {
+                print_step(&r);
+            }
+            if let Some(e) = &r.peer_error {
+                eprintln!("the peer did not run: {e}");
+                return Ok(ExitCode::from(2));
             }
         }
         BenchCommand::Loader {
@@ -182,6 +285,70 @@ fn print_train(r: &TrainBenchReport, dataset: &str, parallel: &ParallelOptions) 
         "limited by the {}; the loop runs at {:.0}% of it",
         r.limited_by,
         100.0 * r.efficiency
+    );
+}
+
+fn print_step(r: &StepBenchReport) {
+    print_machine(&r.machine);
+    println!(
+        "network {} ({:.2} M parameters, {:.3} GFLOP/image forward), batch {}, {} timed steps x {} round(s)",
+        r.network,
+        r.parameters as f64 / 1e6,
+        r.gflops_per_image_forward,
+        r.batch,
+        r.steps,
+        r.rounds
+    );
+    println!(
+        "{:>7} {:>12} {:>12} {:>8}   phases fwd / bwd / update (+other), ms",
+        "threads", "vgg ms/step", "peer ms/step", "ratio"
+    );
+    for row in &r.rows {
+        let p = &row.vgg.phases;
+        let (peer, ratio) = match (&row.peer, row.ratio) {
+            (Some(peer), Some(ratio)) => {
+                (format!("{:.1}", peer.ms_per_step), format!("{ratio:.2}"))
+            }
+            _ => ("-".into(), "-".into()),
+        };
+        let peer_phases = row.peer.as_ref().map_or(String::new(), |q| {
+            let q = &q.phases;
+            format!(
+                "; peer {:.1} / {:.1} / {:.1}",
+                q.forward_ms, q.backward_ms, q.update_ms
+            )
+        });
+        println!(
+            "{:>7} {:>12.1} {:>12} {:>8}   vgg {:.1} / {:.1} / {:.1} (+{:.1}){peer_phases}",
+            row.threads,
+            row.vgg.ms_per_step,
+            peer,
+            ratio,
+            p.forward_ms,
+            p.backward_ms,
+            p.update_ms,
+            p.other_ms
+        );
+    }
+    if let Some(row) = r.rows.first() {
+        let ops: Vec<String> = row
+            .vgg
+            .top_ops
+            .iter()
+            .take(8)
+            .map(|o| format!("{} {:.1}", o.op, o.ms))
+            .collect();
+        if !ops.is_empty() {
+            println!(
+                "vgg's op types at {} thread(s), ms: {}",
+                row.threads,
+                ops.join(", ")
+            );
+        }
+    }
+    println!(
+        "ratio = vgg / peer (below 1: vgg is faster); phases are node time from ONNX Runtime's \
+         profiler (vgg) and wall time (PyTorch)"
     );
 }
 

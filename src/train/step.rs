@@ -403,10 +403,31 @@ impl StepSession {
         momenta: &[NamedTensor],
         settings: &SessionSettings,
     ) -> Result<Self, TrainError> {
+        Self::with_extras(
+            config,
+            opts,
+            dropout,
+            params,
+            momenta,
+            settings,
+            &session::Extras::default(),
+        )
+    }
+
+    /// [`StepSession::new`] with rarer session options (e.g. ONNX Runtime's profiler).
+    pub fn with_extras(
+        config: &VggConfig,
+        opts: &StepOptions,
+        dropout: f32,
+        params: &[NamedTensor],
+        momenta: &[NamedTensor],
+        settings: &SessionSettings,
+        extras: &session::Extras,
+    ) -> Result<Self, TrainError> {
         let specs = parameters(config);
         check_counts(&specs, params, momenta)?;
         let graph = graphs::train_step_graph(config, opts)?;
-        let session = session::build(&graph, settings)?;
+        let session = session::build_with(&graph, settings, extras)?;
         let alloc = device_allocator(&session, settings.device)?;
         let sets = state_sets(&alloc, params, momenta, settings.device)?;
         let crop = config.input as usize;
@@ -483,5 +504,13 @@ impl StepSession {
     /// The crop side the step expects.
     pub fn crop(&self) -> usize {
         self.crop
+    }
+
+    /// Ends ONNX Runtime's profiling (a session built with `Extras::profile`) and returns the
+    /// profile's path.
+    pub fn end_profiling(&mut self) -> Result<String, TrainError> {
+        self.session
+            .end_profiling()
+            .map_err(ort_err("end profiling"))
     }
 }

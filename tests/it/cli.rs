@@ -451,3 +451,66 @@ fn a_prepare_of_a_dataset_being_prepared_is_refused_naming_the_holder() {
     assert!(o.status.success(), "{}", text(&o));
     assert!(!shards.join(vgg::util::lock::LOCK_FILE).exists());
 }
+
+/// `vgg bench train-step`: vgg's figures with its phase split; with `--peer`, the peer's
+/// figures and the ratio of the two (here from a stand-in peer that reports 1000 ms/step);
+/// and a peer that cannot run gives exit status 2 with how to install PyTorch, vgg's
+/// figures still printed.
+#[test]
+fn bench_train_step_reports_the_ratio_to_its_peer() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("fake-python");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho '{\"ms_per_step\": 1000.0, \"images_per_sec\": 2.0, \"forward_ms\": 300.0, \
+         \"backward_ms\": 600.0, \"update_ms\": 100.0, \"machine\": {\"torch\": \"stand-in\"}}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let base = [
+        "bench",
+        "train-step",
+        "--width",
+        "0.0625",
+        "--input",
+        "32",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--profile-steps",
+        "1",
+        "--json",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--peer", "--python", fake.to_str().unwrap()]);
+    let o = vgg(&args, dir.path());
+    assert!(o.status.success(), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ms = r["vgg_ms_per_step"].as_f64().unwrap();
+    assert!(ms > 0.0, "{r}");
+    assert_eq!(r["peer_ms_per_step"].as_f64(), Some(1000.0));
+    let ratio = r["ratio"].as_f64().unwrap();
+    assert!((ratio - ms / 1000.0).abs() < 1e-9, "{ratio} vs {ms}");
+    assert_eq!(r["peer_phases"]["backward_ms"].as_f64(), Some(600.0));
+    let p = &r["phases"];
+    let phases: f64 = ["forward_ms", "backward_ms", "update_ms"]
+        .iter()
+        .map(|k| p[k].as_f64().unwrap())
+        .sum();
+    assert!(
+        p["backward_ms"].as_f64().unwrap() > 0.0 && phases > 0.0,
+        "the profile split the step: {p}"
+    );
+
+    let mut args = base.to_vec();
+    args.extend(["--peer", "--python", "/nonexistent/python"]);
+    let o = vgg(&args, dir.path());
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(r["vgg_ms_per_step"].as_f64().unwrap() > 0.0);
+    assert!(r["ratio"].is_null());
+    let err = r["peer_error"].as_str().unwrap();
+    assert!(err.contains("pip install torch"), "{err}");
+}

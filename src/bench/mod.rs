@@ -2,6 +2,8 @@
 //! augmentation pipeline and, in the same run on the same records and threads, plain decoding,
 //! so the figure that matters is a ratio that survives a noisy shared machine.
 
+pub mod step;
+
 use crate::train::engine::Engine;
 use crate::train::parallel::ParallelOptions;
 use std::sync::Arc;
@@ -28,6 +30,8 @@ pub enum BenchError {
     Store(#[from] crate::data::store::StoreError),
     #[error("interrupted before the measurements were complete; nothing was reported")]
     Interrupted,
+    #[error("reading ONNX Runtime's profile: {0}")]
+    Profile(String),
 }
 
 /// One row of the thread-scaling table.
