@@ -18,7 +18,8 @@
 //! `NAME.next` and `NAME.momentum.next`.
 //!
 //! The update is the one the paper's Caffe used: `v' = momentum * v - lr * (g + wd * w)`,
-//! `w' = w + v'`. With a fixed learning rate it equals PyTorch's form; at a learning-rate drop
+//! `w' = w + v'`, written in few passes (see [`fused_sgd_update`]: the step's backward pass is
+//! seeded with `-lr`, and the fully connected layers' Gemms add `momentum * v` themselves). With a fixed learning rate it equals PyTorch's form; at a learning-rate drop
 //! Caffe's keeps the velocity already accumulated (it is not rescaled by the new rate). Biases
 //! are not decayed by default: weight decay limits the size of the weights that shape the
 //! function, while a bias only shifts a unit's operating point, and decaying it buys nothing
@@ -382,35 +383,6 @@ fn loss_outputs(g: &mut Graph, loss: &str, top1: &str, top5: &str) {
     );
 }
 
-/// Caffe's SGD update of every parameter from its gradient `grads[i]` (already the batch
-/// mean) and learning rate `lr`: outputs `NAME.next` and `NAME.momentum.next`.
-fn sgd_update(g: &mut Graph, params: &[ParamSpec], grads: &[String], lr: &str, opts: &StepOptions) {
-    g.phase = "update/".into();
-    let momentum = g.scalar(opts.momentum);
-    let wd = g.scalar(opts.weight_decay);
-    for (p, grad) in params.iter().zip(grads) {
-        let decays = opts.weight_decay != 0.0 && (p.kind == ParamKind::Weight || opts.decay_biases);
-        let grad = if decays {
-            let d = g.op("Mul", &[&p.name, &wd], &[]);
-            g.op("Add", &[grad, &d], &[])
-        } else {
-            grad.clone()
-        };
-        let v = format!("{}{MOMENTUM}", p.name);
-        let mv = g.op("Mul", &[&v, &momentum], &[]);
-        let step = g.op("Mul", &[&grad, lr], &[]);
-        let v_next = g.op_named(&format!("{v}{NEXT}"), "Sub", &[&mv, &step], &[]);
-        let w_next = g.op_named(
-            &format!("{}{NEXT}", p.name),
-            "Add",
-            &[&p.name, &v_next],
-            &[],
-        );
-        g.output(&w_next, &w_next, ElemType::F32, param_dims(p), "");
-        g.output(&v_next, &v_next, ElemType::F32, param_dims(p), "");
-    }
-}
-
 /// The training-step graph (see the module documentation for its inputs and outputs).
 pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph, AutodiffError> {
     let mut g = Graph::new(&format!("vgg-{}-train-step", config.name));
@@ -429,8 +401,9 @@ pub fn train_step_graph(config: &VggConfig, opts: &StepOptions) -> Result<Graph,
     Ok(g)
 }
 
-/// The step graph's form of [`sgd_update`], from `steps[i] = -lr * gradient` (the backward
-/// pass seeded with `minus_lr`), in fewer passes over the parameters:
+/// Caffe's SGD update of every parameter (outputs `NAME.next` and `NAME.momentum.next`) from
+/// `steps[i] = -lr * gradient` (the step graph seeds its backward pass with `minus_lr` to get
+/// them), in few passes over the parameters:
 /// `v' = momentum * v + step + (-lr * wd) * w` and `w' = w + v'`. Where a gradient is the
 /// output of a Gemm (the fully connected weights), `momentum * v` is that Gemm's C input
 /// (beta = momentum), so the largest tensors are read and written two times fewer.
@@ -573,11 +546,13 @@ pub fn update_graph(config: &VggConfig, opts: &StepOptions) -> Graph {
         vec![],
         "1 / the number of micro-batch gradients summed",
     );
-    let grads: Vec<String> = params
+    let minus_lr = g.op("Neg", &[&lr], &[]);
+    let factor = g.op("Mul", &[&minus_lr, &scale], &[]);
+    let steps: Vec<String> = params
         .iter()
-        .map(|p| g.op("Mul", &[&format!("{}{GRAD}", p.name), &scale], &[]))
+        .map(|p| g.op("Mul", &[&format!("{}{GRAD}", p.name), &factor], &[]))
         .collect();
-    sgd_update(&mut g, &params, &grads, &lr, opts);
+    fused_sgd_update(&mut g, &params, &steps, &minus_lr, opts);
     g
 }
 
