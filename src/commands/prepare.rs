@@ -63,13 +63,13 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         print_json(&reports)?;
     } else {
         for r in &reports {
-            print_report(r);
+            print_report(r, &a.dataset);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(r: &SplitReport) {
+fn print_report(r: &SplitReport, dataset: &str) {
     let part = r
         .part
         .map(|p| format!(" (part {}/{})", p.index, p.count))
@@ -97,7 +97,7 @@ fn print_report(r: &SplitReport) {
             }
         }
         None => println!(
-            "{}: other parts still missing; when all parts are done run `vgg prepare DATASET --split {} --merge`",
+            "{}: other parts still missing; when all parts are done run `vgg prepare {dataset} --split {} --merge`",
             r.split, r.split
         ),
     }

@@ -1,7 +1,7 @@
 //! `vgg train`: resolves the pipeline's dataset, starts or resumes a run, and draws a progress
 //! bar per epoch with a one-line summary after each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -138,6 +138,13 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&p.name));
+    let trimmed = out.display().to_string();
+    let trimmed = trimmed.trim_end_matches('/');
+    if Path::new(trimmed).exists() && !Path::new(trimmed).is_dir() {
+        anyhow::bail!(
+            "--out {trimmed} is a file; a run folder is expected (vgg train writes its checkpoints, metrics.jsonl and plots into it)"
+        );
+    }
     if !a.resume && out.join(train::run::LAST).exists() {
         anyhow::bail!(
             "{} already holds a run: add --resume to continue it, or choose another --out",

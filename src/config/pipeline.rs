@@ -96,9 +96,11 @@ pub struct EvalTransform {
 pub enum PipelineError {
     #[error(transparent)]
     File(#[from] super::FileError),
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}: {}{key}: {message}", line.map(|l| format!("line {l}, ")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
+        /// Where the key is written, when the file sets it (not a default).
+        line: Option<usize>,
         key: String,
         message: String,
     },
@@ -356,6 +358,11 @@ impl Pipeline {
         let raw: RawPipeline = super::parse_toml(text, path)?;
         let invalid = |key: &str, message: String| PipelineError::Invalid {
             path: path.to_path_buf(),
+            line: if key.contains("(line ") {
+                None
+            } else {
+                super::line_of_key(text, key)
+            },
             key: key.to_string(),
             message,
         };
@@ -602,7 +609,13 @@ fn train_transform(
                     Scale::Fixed(s) => s,
                     Scale::Jitter { min, .. } => min,
                 };
-                if size == 0 || size > smallest {
+                if size == 0 {
+                    return Err(invalid(
+                        &key,
+                        format!("crop size 0: the crop must be at least 1 pixel and at most the smallest scale S = {smallest}"),
+                    ));
+                }
+                if size > smallest {
                     return Err(invalid(
                         &key,
                         format!("crop {size} is larger than the smallest scale S = {smallest}"),

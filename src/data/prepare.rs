@@ -120,10 +120,31 @@ pub enum PrepareError {
         planned: usize,
         first: String,
     },
-    #[error("no splits to prepare under {root} (expected train/ or val/)")]
+    #[error("{}", no_splits(root))]
     NoSplits { root: PathBuf },
     #[error("cannot start worker threads: {0}")]
     Threads(String),
+}
+
+/// Why a dataset root offers nothing to prepare: it does not exist, is not a folder, or holds
+/// neither `train/` nor `val/`.
+fn no_splits(root: &Path) -> String {
+    if !root.exists() {
+        format!(
+            "the dataset's root {} does not exist (set `root` in the registry to the folder holding train/ and val/)",
+            root.display()
+        )
+    } else if !root.is_dir() {
+        format!(
+            "the dataset's root {} is a file, not a folder holding train/ and val/",
+            root.display()
+        )
+    } else {
+        format!(
+            "no splits to prepare under {} (expected train/ or val/)",
+            root.display()
+        )
+    }
 }
 
 /// The deterministic plan of one split.

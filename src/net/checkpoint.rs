@@ -329,7 +329,7 @@ impl Checkpoint {
             None => {
                 return Err(format_err(format!(
                     "not a vgg checkpoint (no `{FORMAT_KEY}` in its metadata); \
-                     plain tensor files are read with `read_tensors`"
+                     a torchvision state dict is converted with `vgg weights from-torchvision`"
                 )))
             }
         }
@@ -690,7 +690,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
 
 fn map_file(path: &Path) -> Result<Mmap, CheckpointError> {
     let file = File::open(path).map_err(io(path))?;
-    let len = file.metadata().map_err(io(path))?.len();
+    let meta = file.metadata().map_err(io(path))?;
+    if meta.is_dir() {
+        return Err(CheckpointError::Format {
+            path: path.to_path_buf(),
+            message: "is a folder; a checkpoint file (.safetensors) is expected, such as \
+                      RUN_DIR/last.safetensors or RUN_DIR/best.safetensors"
+                .to_string(),
+        });
+    }
+    let len = meta.len();
     if len < 8 {
         return Err(CheckpointError::Format {
             path: path.to_path_buf(),

@@ -9,6 +9,7 @@ mod gpu;
 mod gradients;
 mod graphs;
 mod loader;
+mod messages;
 mod parallel;
 mod prepare;
 mod torchvision;
