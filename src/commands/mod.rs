@@ -92,7 +92,7 @@ impl Common {
     /// pipeline's loader starts from.
     pub fn pipeline_data(&self, pipeline: &Path, dataset: Option<&str>) -> Result<PipelineData> {
         let pipeline = Pipeline::load(pipeline)?;
-        let dataset = dataset.unwrap_or(&pipeline.dataset).to_string();
+        let dataset = pipeline_dataset(&pipeline, dataset)?;
         let train = self.open_split(&dataset, Split::Train)?;
         Ok(PipelineData {
             pipeline,
@@ -131,6 +131,18 @@ impl Common {
     /// Progress bars, hidden with `--quiet` or when the output is JSON.
     pub fn bars(&self, json: bool) -> Bars {
         Bars::new(self.quiet || json)
+    }
+}
+
+/// The dataset a pipeline runs on: `--dataset` when given, else its `dataset =` key.
+pub fn pipeline_dataset(p: &Pipeline, dataset: Option<&str>) -> Result<String> {
+    match dataset {
+        Some(d) => Ok(d.to_string()),
+        None if p.dataset.is_empty() => anyhow::bail!(
+            "{} has no `dataset = \"NAME\"` key and no --dataset NAME was given: name the registry dataset in one of them",
+            p.path.display()
+        ),
+        None => Ok(p.dataset.clone()),
     }
 }
 

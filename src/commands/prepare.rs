@@ -88,6 +88,14 @@ fn print_report(r: &SplitReport, dataset: &str) {
                 bytes(r.bytes),
                 m.display()
             );
+            if !r.empty_classes.is_empty() {
+                eprintln!(
+                    "warning: {}: {} class(es) have no images: {}; a network trained on this split would learn them never to occur (`vgg train` refuses it): fill or remove these folders and prepare again",
+                    r.split,
+                    r.empty_classes.len(),
+                    r.empty_classes.join(", ")
+                );
+            }
             if r.skipped > 0 {
                 println!(
                     "{}: skipped files and reasons: {}",

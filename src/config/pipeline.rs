@@ -294,7 +294,8 @@ struct TrainSection {
 pub struct EvalSection {
     /// Q: smallest side after the isotropic rescale.
     pub scale: u32,
-    /// Centre crop size; absent keeps the whole (variable-size) image.
+    /// Centre crop size of validation and `--protocol centre`: the training crop (the network's
+    /// input); another value is refused.
     pub crop: Option<u32>,
     #[serde(default = "default_mean")]
     pub mean: [f32; 3],
@@ -305,6 +306,8 @@ pub struct EvalSection {
 struct RawPipeline {
     name: Option<String>,
     description: Option<String>,
+    /// May be left out when every command is given `--dataset`.
+    #[serde(default)]
     dataset: String,
     #[serde(default)]
     loader: LoaderSettings,
@@ -327,6 +330,7 @@ pub struct Pipeline {
     pub path: PathBuf,
     pub name: String,
     pub description: Option<String>,
+    /// The registry dataset it trains on; empty when the file leaves it to `--dataset`.
     pub dataset: String,
     pub loader: LoaderSettings,
     pub stages: Vec<Stage>,
@@ -347,6 +351,18 @@ pub struct StageShape {
 }
 
 impl Pipeline {
+    /// `path: line N, key` for an error about `key` found after loading (the file is read
+    /// again for the line; without it, `path: key`).
+    pub fn at_key(&self, key: &str) -> String {
+        let line = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|t| super::line_of_key(&t, key));
+        match line {
+            Some(l) => format!("{}: line {l}, {key}", self.path.display()),
+            None => format!("{}: {key}", self.path.display()),
+        }
+    }
+
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
         let text = super::read_text(path, "pipeline")?;
@@ -422,6 +438,18 @@ impl Pipeline {
                         return Err(invalid(
                             "eval.crop",
                             format!("centre crop {c} does not fit in Q = {}", e.scale),
+                        ));
+                    }
+                    // Validation and `--protocol centre` crop the network's input size (the
+                    // forward graph's), which is the training crop; another value could only
+                    // be ignored.
+                    if c != train.crop {
+                        return Err(invalid(
+                            "eval.crop",
+                            format!(
+                                "{c} differs from the training crop {}: validation and `vgg eval --protocol centre` take a centre crop of the network's input, which is the training crop; set crop = {} or leave the key out",
+                                train.crop, train.crop
+                            ),
                         ));
                     }
                 }
@@ -778,5 +806,10 @@ config = "D"
         assert!(e.contains("eval.crop"), "{e}");
         let p = parse(&format!("{GOOD}\n[eval]\nscale = 256\n")).unwrap();
         assert_eq!(p.eval.crop, None);
+        let e = err(&format!("{GOOD}\n[eval]\nscale = 256\ncrop = 200\n"));
+        assert!(
+            e.contains("eval.crop") && e.contains("differs from the training crop 224"),
+            "{e}"
+        );
     }
 }

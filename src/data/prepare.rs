@@ -88,6 +88,9 @@ pub struct SplitReport {
     pub images_per_second: f64,
     /// Set when the split is complete and its manifest written.
     pub manifest: Option<PathBuf>,
+    /// Classes (folder names) with no stored record: recorded with 0 records in the manifest;
+    /// a training split with any is refused by `vgg train`.
+    pub empty_classes: Vec<String>,
 }
 
 /// Why preparing failed.
@@ -509,6 +512,7 @@ fn prepare_split(
         seconds: 0.0,
         images_per_second: 0.0,
         manifest: None,
+        empty_classes: Vec::new(),
     };
     if !opts.merge {
         sweep_temporaries(&work)?;
@@ -579,6 +583,12 @@ fn prepare_split(
         report.records = m.records;
         report.skipped = m.skipped;
         report.bytes = m.bytes;
+        report.empty_classes = m
+            .classes
+            .iter()
+            .filter(|c| c.records == 0)
+            .map(|c| c.wnid.clone())
+            .collect();
         report.manifest = Some(live.join(manifest::FILE_NAME));
     } else if opts.merge || opts.part.is_none() {
         return Err(PrepareError::Incomplete {

@@ -12,6 +12,7 @@ mod loader;
 mod messages;
 mod parallel;
 mod prepare;
+mod refusals;
 mod torchvision;
 mod train;
 mod val_labels;

@@ -9,7 +9,7 @@ use crate::cli::{text, vgg};
 
 /// 3 synthetic classes, 2 training and 2 validation images each, plus a dataset whose root does
 /// not exist and one whose source has a train/ folder and no val/ folder.
-fn toy(dir: &Path) {
+pub(crate) fn toy(dir: &Path) {
     std::fs::write(
         dir.join("datasets.toml"),
         "[datasets.toy]\nsource = \"synthetic\"\n[datasets.toy.synthetic]\nclasses = 3\n\
@@ -25,7 +25,7 @@ fn toy(dir: &Path) {
 }
 
 /// A pipeline for `toy` (a 1/16-width VGG-A at 32 x 32) with `extra` appended.
-fn pipeline(extra: &str) -> String {
+pub(crate) fn pipeline(extra: &str) -> String {
     format!(
         "dataset = \"toy\"\n[model]\nconfig = \"A\"\nwidth = 0.0625\nclasses = 3\n\
          [loader]\nbatch_size = 2\nthreads = 1\n\
