@@ -67,6 +67,13 @@ impl Common {
             Ok(s) => s,
             Err(e) if not_prepared(&e) => {
                 let source_dir = spec.root.join(split.name());
+                if spec.source != SourceKind::Synthetic && !spec.root.is_dir() {
+                    anyhow::bail!(
+                        "the {split} split of dataset `{name}` is not prepared, and the dataset's root {} does not exist: set `root` in {} to the folder holding train/ and val/, then run `vgg prepare {name}`",
+                        spec.root.display(),
+                        self.datasets.display()
+                    );
+                }
                 if spec.source != SourceKind::Synthetic && !source_dir.is_dir() {
                     anyhow::bail!(
                         "dataset `{name}` has no {split} split: its source {} has no {split}/ folder",

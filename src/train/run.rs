@@ -151,7 +151,7 @@ pub fn epoch_line(r: &EpochRecord) -> String {
     };
     format!(
         "epoch {:>3}  loss {:.3}  train top-1 err {:.1}%  {val}  lr {:.0e}  {:.0} img/s  {:.0}s",
-        r.epoch + 1,
+        r.epoch,
         r.train_loss,
         100.0 * r.train_top1_error,
         r.lr,
@@ -835,7 +835,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             )));
         }
         progress.start(
-            &format!("epoch {}/{epochs}", epoch + 1),
+            &format!("epoch {epoch} (epochs 0..{})", epochs.saturating_sub(1)),
             batches,
             state.batch,
         );
@@ -923,7 +923,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
                 save(&last_only, &config, &step, &state, &classes)?;
                 progress.line(&format!(
                     "stopped in epoch {} after batch {}: {} holds the position; --resume continues",
-                    epoch + 1,
+                    epoch,
                     state.batch,
                     last_path.display()
                 ));

@@ -265,3 +265,37 @@ fn an_epoch_beyond_any_run_is_refused_by_preview() {
     assert!(!stderr(&o).contains("panicked"), "{}", text(&o));
     assert!(stderr(&o).contains("--epoch"), "{}", text(&o));
 }
+
+#[test]
+fn epochs_are_numbered_from_zero_on_the_console_and_in_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    toy(d);
+    let o = vgg(&["train", "p.toml", "--out", "run"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.lines().any(|l| l.starts_with("epoch   0  loss")),
+        "{out}"
+    );
+    assert!(out.contains("after epoch 0:"), "{out}");
+    assert!(!out.contains("epoch   1"), "{out}");
+    let metrics = std::fs::read_to_string(d.join("run/metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "epoch")
+        .map(|v| v["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(epochs, [0], "{metrics}");
+    let ck = vgg::net::checkpoint::Checkpoint::load(&d.join("run/last.safetensors")).unwrap();
+    let state = ck.state.unwrap();
+    assert_eq!(
+        state["epoch"], 1,
+        "the state names the next epoch, numbered from 0"
+    );
+}
