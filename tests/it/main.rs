@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per capability.
 
+mod claims;
 mod cli;
 mod distributed;
 mod eval;
