@@ -183,7 +183,7 @@ pub struct Checkpoint {
 /// tensors that did not come from a file (e.g. [`from_torchvision`] on tensors in memory).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{}{source}", at(path))]
+    #[error("{}{source}{}", at(path), disk_full(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -238,6 +238,16 @@ pub struct TensorMismatch {
     pub to_config: String,
     pub to: String,
     pub to_shape: Vec<usize>,
+}
+
+/// What a full disk means for a checkpoint: the previous one is still whole (checkpoints are
+/// written beside it and renamed over it).
+fn disk_full(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        " (the disk is full: the previous checkpoint is kept whole; free space, then --resume)"
+    } else {
+        ""
+    }
 }
 
 fn at(path: &Path) -> String {

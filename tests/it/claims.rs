@@ -328,3 +328,102 @@ fn sigterm_to_one_rank_stops_both_with_one_checkpoint_that_resumes() {
         2 * steps_per_epoch
     );
 }
+
+/// A checkpoint write that fills the disk: a clear error, and the previous checkpoint is kept
+/// whole and resumable. Needs root to mount a tmpfs; where that is impossible it says so and
+/// passes.
+#[test]
+fn a_full_disk_at_a_checkpoint_is_a_clear_error_and_the_previous_checkpoint_stays_whole() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    crate::messages::toy(d);
+    let o = vgg(&["train", "p.toml", "--out", "run", "-q"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    let mnt = d.join("small-disk");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED full-disk checkpoint test: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    // -a keeps the run's hard links (epoch-start.safetensors is last.safetensors' link).
+    let o = Command::new("cp")
+        .args(["-a", "run"])
+        .arg(mnt.join("run"))
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(o.success());
+    let last = mnt.join("run/last.safetensors");
+    let before = std::fs::read(&last).unwrap();
+    // At an epoch boundary the epoch's start is the last checkpoint; as a link, resuming frees
+    // no space by linking it again.
+    let start = mnt.join("run/epoch-start.safetensors");
+    std::fs::remove_file(&start).unwrap();
+    std::fs::hard_link(&last, &start).unwrap();
+    // Fill the disk, then free a few pages: room for the logs, not for a checkpoint.
+    let filler = mnt.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![0u8; 4096];
+    let mut written = 0u64;
+    while f.write_all(&chunk).is_ok() {
+        written += chunk.len() as u64;
+    }
+    drop(f);
+    let room = 64 * 1024;
+    assert!(
+        before.len() as u64 > 2 * room,
+        "the checkpoint is too small for this test"
+    );
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap()
+        .set_len(written.saturating_sub(room))
+        .unwrap();
+    let out = mnt.join("run");
+    let o = vgg(
+        &[
+            "train",
+            "p.toml",
+            "--out",
+            out.to_str().unwrap(),
+            "--resume",
+            "--epochs",
+            "2",
+            "-q",
+        ],
+        d,
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("the disk is full"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        std::fs::read(&last).unwrap() == before,
+        "the previous checkpoint was changed"
+    );
+    vgg::net::checkpoint::Checkpoint::load(&last).unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+}

@@ -225,13 +225,13 @@ fn lossy_key(prefix: &str, name: &std::ffi::OsStr) -> String {
     format!("{prefix}{}", name.to_string_lossy())
 }
 
+/// A file found in a folder: name, path, size.
+type FileEntry = (String, PathBuf, u64);
+
 /// Sorted visible regular files of a directory, as (name, path, size), and what else is there
 /// (dangling links, link loops, nested folders, names that are not UTF-8), as skipped entries
 /// keyed `prefix` + name.
-fn files_in(
-    dir: &Path,
-    prefix: &str,
-) -> Result<(Vec<(String, PathBuf, u64)>, Vec<Skipped>), SourceError> {
+fn files_in(dir: &Path, prefix: &str) -> Result<(Vec<FileEntry>, Vec<Skipped>), SourceError> {
     let mut out = Vec::new();
     let mut skipped = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
