@@ -212,3 +212,34 @@ fn a_network_too_large_for_the_machine_is_refused_before_allocating() {
     );
     assert!(!d.join("run/last.safetensors").exists());
 }
+
+#[test]
+fn an_evaluation_too_large_for_the_machine_is_refused_before_its_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    toy(d);
+    let o = vgg(&["train", "p.toml", "--out", "run", "-q"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    let eval = |limit: Option<&str>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vgg"));
+        c.args(["eval", "toy", "--checkpoint", "run/last.safetensors"])
+            .args(["--protocol", "dense", "--scales", "64", "--json"])
+            .current_dir(d);
+        if let Some(l) = limit {
+            c.env("VGG_MEM_AVAILABLE", l);
+        }
+        c.output().unwrap()
+    };
+    let o = eval(None);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = eval(Some("100000"));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("evaluation needs at least")
+            && err.contains("more than the 0.1 MiB")
+            && err.contains("scale Q = 64"),
+        "{}",
+        text(&o)
+    );
+}
