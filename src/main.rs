@@ -110,6 +110,13 @@ fn error_chain(e: &anyhow::Error) -> String {
             msg.push_str(&c);
         }
     }
+    if msg.contains("(os error 28)") && !msg.contains("disk is full") {
+        msg.push_str(
+            " (the disk is full: free space and run the command again; every output is replaced \
+             whole or not at all, so what is on disk is the previous version, and `vgg train \
+             --resume` continues from the last checkpoint)",
+        );
+    }
     msg
 }
 

@@ -314,7 +314,7 @@ fn resolve(a: &Args) -> Result<Target> {
     let mut t = if path.is_file() || a.target.ends_with(".toml") {
         let p = Pipeline::load(path)?;
         Target {
-            dataset: p.dataset.clone(),
+            dataset: super::pipeline_dataset(&p, a.dataset.as_deref())?,
             mean: p.eval.mean,
             train: match p.train.scale {
                 Scale::Fixed(s) => TrainScale::Fixed(s),

@@ -31,9 +31,11 @@ use serde::Serialize;
 
 use vgg::config::model::VggConfig;
 use vgg::config::pipeline::Pipeline;
+use vgg::config::registry::SourceKind;
 use vgg::config::registry::{DatasetSpec, Registry};
+use vgg::data::manifest::ManifestError;
 use vgg::data::source::Split;
-use vgg::data::store::PreparedSplit;
+use vgg::data::store::{PreparedSplit, StoreError};
 
 use progress::Bars;
 
@@ -61,11 +63,33 @@ impl Common {
     pub fn open_split(&self, name: &str, split: Split) -> Result<Arc<PreparedSplit>> {
         let spec = self.dataset(name)?;
         let dir = spec.shards.join(split.name());
-        let s = PreparedSplit::open(&dir).with_context(|| {
-            format!(
-                "the {split} split of dataset `{name}` is not prepared (run `vgg prepare {name} --split {split}`)"
-            )
-        })?;
+        let s = match PreparedSplit::open(&dir) {
+            Ok(s) => s,
+            Err(e) if not_prepared(&e) => {
+                let source_dir = spec.root.join(split.name());
+                if spec.source != SourceKind::Synthetic && !spec.root.is_dir() {
+                    anyhow::bail!(
+                        "the {split} split of dataset `{name}` is not prepared, and the dataset's root {} does not exist: set `root` in {} to the folder holding train/ and val/, then run `vgg prepare {name}`",
+                        spec.root.display(),
+                        self.datasets.display()
+                    );
+                }
+                if spec.source != SourceKind::Synthetic && !source_dir.is_dir() {
+                    anyhow::bail!(
+                        "dataset `{name}` has no {split} split: its source {} has no {split}/ folder",
+                        spec.root.display()
+                    );
+                }
+                return Err(anyhow::Error::new(e).context(format!(
+                    "the {split} split of dataset `{name}` is not prepared (run `vgg prepare {name} --split {split}`)"
+                )));
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "the {split} split of dataset `{name}` cannot be read (`vgg prepare {name} --split {split}` redoes damaged shards and keeps whole ones; `vgg verify {name}` lists every problem)"
+                )))
+            }
+        };
         s.check_dataset(&spec)?;
         Ok(Arc::new(s))
     }
@@ -75,7 +99,7 @@ impl Common {
     /// pipeline's loader starts from.
     pub fn pipeline_data(&self, pipeline: &Path, dataset: Option<&str>) -> Result<PipelineData> {
         let pipeline = Pipeline::load(pipeline)?;
-        let dataset = dataset.unwrap_or(&pipeline.dataset).to_string();
+        let dataset = pipeline_dataset(&pipeline, dataset)?;
         let train = self.open_split(&dataset, Split::Train)?;
         Ok(PipelineData {
             pipeline,
@@ -114,6 +138,30 @@ impl Common {
     /// Progress bars, hidden with `--quiet` or when the output is JSON.
     pub fn bars(&self, json: bool) -> Bars {
         Bars::new(self.quiet || json)
+    }
+}
+
+/// The dataset a pipeline runs on: `--dataset` when given, else its `dataset =` key.
+pub fn pipeline_dataset(p: &Pipeline, dataset: Option<&str>) -> Result<String> {
+    match dataset {
+        Some(d) => Ok(d.to_string()),
+        None if p.dataset.is_empty() => anyhow::bail!(
+            "{} has no `dataset = \"NAME\"` key and no --dataset NAME was given: name the registry dataset in one of them",
+            p.path.display()
+        ),
+        None => Ok(p.dataset.clone()),
+    }
+}
+
+/// Whether opening a split failed because it was never prepared (no manifest), not because it
+/// is damaged.
+fn not_prepared(e: &StoreError) -> bool {
+    match e {
+        StoreError::NotPrepared { .. } => true,
+        StoreError::Manifest(ManifestError::Io { source, .. }) => {
+            source.kind() == std::io::ErrorKind::NotFound
+        }
+        _ => false,
     }
 }
 

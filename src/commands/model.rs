@@ -43,11 +43,23 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             classes,
             json,
         } => {
-            let (mut cfg, _) = network(config)?;
+            let (mut cfg, pipeline) = network(config)?;
             if let Some(n) = classes {
                 cfg.classes = *n;
             }
-            let s = cfg.summary();
+            let mut s = cfg.summary();
+            // The table's dropout is the paper's; a pipeline trains with its own.
+            if let Some(p) = &pipeline {
+                let rate = p.optimizer.dropout;
+                let said = if rate == 0.0 {
+                    "no dropout".to_string()
+                } else {
+                    format!("dropout {rate}")
+                };
+                for l in &mut s.layers {
+                    l.detail = l.detail.replace("dropout 0.5", &said);
+                }
+            }
             if *json {
                 print_json(&s)?;
             } else {

@@ -63,13 +63,13 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         print_json(&reports)?;
     } else {
         for r in &reports {
-            print_report(r);
+            print_report(r, &a.dataset);
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_report(r: &SplitReport) {
+fn print_report(r: &SplitReport, dataset: &str) {
     let part = r
         .part
         .map(|p| format!(" (part {}/{})", p.index, p.count))
@@ -88,6 +88,14 @@ fn print_report(r: &SplitReport) {
                 bytes(r.bytes),
                 m.display()
             );
+            if !r.empty_classes.is_empty() {
+                eprintln!(
+                    "warning: {}: {} class(es) have no images: {}; a network trained on this split would learn them never to occur (`vgg train` refuses it): fill or remove these folders and prepare again",
+                    r.split,
+                    r.empty_classes.len(),
+                    r.empty_classes.join(", ")
+                );
+            }
             if r.skipped > 0 {
                 println!(
                     "{}: skipped files and reasons: {}",
@@ -97,7 +105,7 @@ fn print_report(r: &SplitReport) {
             }
         }
         None => println!(
-            "{}: other parts still missing; when all parts are done run `vgg prepare DATASET --split {} --merge`",
+            "{}: other parts still missing; when all parts are done run `vgg prepare {dataset} --split {} --merge`",
             r.split, r.split
         ),
     }

@@ -27,7 +27,8 @@ pub struct Args {
     count: u64,
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    #[arg(long, default_value_t = 0, value_name = "E")]
+    /// Epoch to draw from (0 is the first; at most 1000000).
+    #[arg(long, default_value_t = 0, value_name = "E", value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     epoch: u64,
     /// Use this dataset instead of the pipeline's.
     #[arg(long, value_name = "NAME")]

@@ -1,7 +1,7 @@
 //! `vgg train`: resolves the pipeline's dataset, starts or resumes a run, and draws a progress
 //! bar per epoch with a one-line summary after each.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -35,6 +35,9 @@ use super::{print_json, Common};
 /// start of the epoch in progress; when the loss becomes NaN or infinite the run stops,
 /// restores last.safetensors from it (keeping the last save as diverged.safetensors), and
 /// `--resume --lr X` with a lower rate continues from there.
+///
+/// Epochs are numbered from 0 (the first epoch is epoch 0) everywhere: on the console, in
+/// metrics.jsonl, in the checkpoints' state and in `vgg preview --epoch`.
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  vgg train pipelines/demo.toml\n  vgg train pipelines/vgg-s256.toml --out runs/vgg-a-256 --device cuda\n  vgg train pipelines/vgg-s256.toml --out runs/vgg-a-256 --resume\n  vgg train pipelines/vgg-s256.toml --out runs/diverged --resume --lr 0.001"
@@ -138,6 +141,13 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(&p.name));
+    let trimmed = out.display().to_string();
+    let trimmed = trimmed.trim_end_matches('/');
+    if Path::new(trimmed).exists() && !Path::new(trimmed).is_dir() {
+        anyhow::bail!(
+            "--out {trimmed} is a file; a run folder is expected (vgg train writes its checkpoints, metrics.jsonl and plots into it)"
+        );
+    }
     if !a.resume && out.join(train::run::LAST).exists() {
         anyhow::bail!(
             "{} already holds a run: add --resume to continue it, or choose another --out",
@@ -224,13 +234,13 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
                         ),
                         _ => "no validation".into(),
                     };
-                    println!("after epoch {}: {val}", e.epoch + 1);
+                    println!("after epoch {}: {val}", e.epoch);
                 }
                 if let Some(b) = summary.state.best_val_top1_error {
                     println!(
                         "best validation top-1 error {:.1}% (epoch {})",
                         100.0 * b,
-                        summary.state.best_epoch.map_or(0, |e| e + 1)
+                        summary.state.best_epoch.unwrap_or(0)
                     );
                 }
                 println!(

@@ -22,6 +22,12 @@ pub struct Args {
 
 pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     let dir = c.shard_dir(&a.target)?;
+    // Given a dataset's name, the store must be that dataset's (not one copied there).
+    if let Ok(spec) = c.dataset(&a.target) {
+        if spec.shards == dir {
+            store::check_owner_of_splits(&dir, &spec)?;
+        }
+    }
     let report = store::verify(&dir, a.threads, &c.bars(a.json), &CANCEL)?;
     if a.json {
         print_json(&report)?;

@@ -96,9 +96,11 @@ pub struct EvalTransform {
 pub enum PipelineError {
     #[error(transparent)]
     File(#[from] super::FileError),
-    #[error("{path}: {key}: {message}")]
+    #[error("{path}: {}{key}: {message}", line.map(|l| format!("line {l}, ")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
+        /// Where the key is written, when the file sets it (not a default).
+        line: Option<usize>,
         key: String,
         message: String,
     },
@@ -292,7 +294,8 @@ struct TrainSection {
 pub struct EvalSection {
     /// Q: smallest side after the isotropic rescale.
     pub scale: u32,
-    /// Centre crop size; absent keeps the whole (variable-size) image.
+    /// Centre crop size of validation and `--protocol centre`: the training crop (the network's
+    /// input); another value is refused.
     pub crop: Option<u32>,
     #[serde(default = "default_mean")]
     pub mean: [f32; 3],
@@ -303,6 +306,8 @@ pub struct EvalSection {
 struct RawPipeline {
     name: Option<String>,
     description: Option<String>,
+    /// May be left out when every command is given `--dataset`.
+    #[serde(default)]
     dataset: String,
     #[serde(default)]
     loader: LoaderSettings,
@@ -325,6 +330,7 @@ pub struct Pipeline {
     pub path: PathBuf,
     pub name: String,
     pub description: Option<String>,
+    /// The registry dataset it trains on; empty when the file leaves it to `--dataset`.
     pub dataset: String,
     pub loader: LoaderSettings,
     pub stages: Vec<Stage>,
@@ -345,6 +351,18 @@ pub struct StageShape {
 }
 
 impl Pipeline {
+    /// `path: line N, key` for an error about `key` found after loading (the file is read
+    /// again for the line; without it, `path: key`).
+    pub fn at_key(&self, key: &str) -> String {
+        let line = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|t| super::line_of_key(&t, key));
+        match line {
+            Some(l) => format!("{}: line {l}, {key}", self.path.display()),
+            None => format!("{}: {key}", self.path.display()),
+        }
+    }
+
     /// Reads and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, PipelineError> {
         let text = super::read_text(path, "pipeline")?;
@@ -356,6 +374,11 @@ impl Pipeline {
         let raw: RawPipeline = super::parse_toml(text, path)?;
         let invalid = |key: &str, message: String| PipelineError::Invalid {
             path: path.to_path_buf(),
+            line: if key.contains("(line ") {
+                None
+            } else {
+                super::line_of_key(text, key)
+            },
             key: key.to_string(),
             message,
         };
@@ -415,6 +438,18 @@ impl Pipeline {
                         return Err(invalid(
                             "eval.crop",
                             format!("centre crop {c} does not fit in Q = {}", e.scale),
+                        ));
+                    }
+                    // Validation and `--protocol centre` crop the network's input size (the
+                    // forward graph's), which is the training crop; another value could only
+                    // be ignored.
+                    if c != train.crop {
+                        return Err(invalid(
+                            "eval.crop",
+                            format!(
+                                "{c} differs from the training crop {}: validation and `vgg eval --protocol centre` take a centre crop of the network's input, which is the training crop; set crop = {} or leave the key out",
+                                train.crop, train.crop
+                            ),
                         ));
                     }
                 }
@@ -602,7 +637,13 @@ fn train_transform(
                     Scale::Fixed(s) => s,
                     Scale::Jitter { min, .. } => min,
                 };
-                if size == 0 || size > smallest {
+                if size == 0 {
+                    return Err(invalid(
+                        &key,
+                        format!("crop size 0: the crop must be at least 1 pixel and at most the smallest scale S = {smallest}"),
+                    ));
+                }
+                if size > smallest {
                     return Err(invalid(
                         &key,
                         format!("crop {size} is larger than the smallest scale S = {smallest}"),
@@ -765,5 +806,10 @@ config = "D"
         assert!(e.contains("eval.crop"), "{e}");
         let p = parse(&format!("{GOOD}\n[eval]\nscale = 256\n")).unwrap();
         assert_eq!(p.eval.crop, None);
+        let e = err(&format!("{GOOD}\n[eval]\nscale = 256\ncrop = 200\n"));
+        assert!(
+            e.contains("eval.crop") && e.contains("differs from the training crop 224"),
+            "{e}"
+        );
     }
 }

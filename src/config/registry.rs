@@ -34,10 +34,14 @@ pub const DEFAULT_PATH: &str = "datasets.toml";
 pub enum RegistryError {
     #[error(transparent)]
     File(#[from] super::FileError),
-    #[error("{path}: dataset `{name}`: {message}")]
+    #[error("{path}: {}dataset `{name}`{}: {message}", line.map(|l| format!("line {l}, ")).unwrap_or_default(), key.as_ref().map(|k| format!(", {k}")).unwrap_or_default())]
     Invalid {
         path: PathBuf,
+        /// Where the key (or the dataset's table) is written.
+        line: Option<usize>,
         name: String,
+        /// The key within `[datasets.NAME]`, when one is to blame.
+        key: Option<String>,
         message: String,
     },
     #[error("{path}: no dataset named `{name}` (known: {known})")]
@@ -273,11 +277,21 @@ impl Registry {
             .unwrap_or(Path::new("."));
         let mut datasets = BTreeMap::new();
         for (name, d) in raw.datasets {
-            let invalid = |message: String| RegistryError::Invalid {
+            let invalid_at = |key: Option<&str>, message: String| RegistryError::Invalid {
                 path: path.to_path_buf(),
+                line: super::line_of_key(
+                    text,
+                    &match key {
+                        Some(k) => format!("datasets.{name}.{k}"),
+                        None => format!("datasets.{name}"),
+                    },
+                )
+                .or_else(|| super::line_of_key(text, &format!("datasets.{name}"))),
                 name: name.clone(),
+                key: key.map(|k| format!("datasets.{name}.{k}")),
                 message,
             };
+            let invalid = |message: String| invalid_at(None, message);
             if name.is_empty()
                 || !name
                     .chars()
@@ -295,7 +309,12 @@ impl Registry {
             let synthetic = match d.source {
                 SourceKind::Synthetic => {
                     let spec = d.synthetic.unwrap_or_default();
-                    spec.validate().map_err(|e| invalid(e.to_string()))?;
+                    spec.validate().map_err(|e| match &e {
+                        crate::data::source::synthetic::SyntheticError::Invalid {
+                            field, ..
+                        } => invalid_at(Some(&format!("synthetic.{field}")), e.to_string()),
+                        _ => invalid(e.to_string()),
+                    })?;
                     Some(spec)
                 }
                 _ if d.synthetic.is_some() => {
@@ -306,17 +325,24 @@ impl Registry {
                 _ => None,
             };
             if d.source != SourceKind::Imagenet && (d.val_labels.is_some() || d.synsets.is_some()) {
-                return Err(invalid(
+                return Err(invalid_at(
+                    Some(if d.val_labels.is_some() {
+                        "val_labels"
+                    } else {
+                        "synsets"
+                    }),
                     "`val_labels` and `synsets` apply to source = \"imagenet\" only".into(),
                 ));
             }
             if d.store.records_per_shard == Some(0) {
-                return Err(invalid(
+                return Err(invalid_at(
+                    Some("store.records_per_shard"),
                     "store.records_per_shard = 0: a shard holds at least one record (leave it out for the size-based default)".into(),
                 ));
             }
             if d.store.max_pixels == 0 {
-                return Err(invalid(
+                return Err(invalid_at(
+                    Some("store.max_pixels"),
                     "store.max_pixels = 0 would skip every image: give the largest width x height to decode (default 89478485)".into(),
                 ));
             }
@@ -470,7 +496,18 @@ shards = "/fast/pets"
             .unwrap_err()
             .to_string();
             assert!(e.contains(bad.split(' ').next().unwrap()), "{e}");
+            // Checks made after parsing name the line and the key too.
+            let key = format!("datasets.x.store.{}", bad.split(' ').next().unwrap());
+            assert!(e.contains(&format!("line 5, dataset `x`, {key}")), "{e}");
         }
+        let e =
+            parse("[datasets.x]\nsource = \"synthetic\"\n[datasets.x.synthetic]\nclasses = 0\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("line 4") && e.contains("datasets.x.synthetic.classes"),
+            "{e}"
+        );
         let e = parse("[datasets.x]\nsource = \"folder\"\nroot = \"r\"\n[datasets.x.store]\n\nmax_shortest_side = 8\n")
             .unwrap_err()
             .to_string();

@@ -277,6 +277,12 @@ impl Loader {
                 "batch_size and prefetch must be at least 1".into(),
             ));
         }
+        if opts.epoch.checked_add(opts.epochs).is_none() {
+            return Err(LoaderError::Options(format!(
+                "epoch {} and {} more do not fit in a 64-bit epoch number",
+                opts.epoch, opts.epochs
+            )));
+        }
         if opts.world == 0 || opts.rank >= opts.world {
             return Err(LoaderError::Options(format!(
                 "rank {} of world {}: need rank < world",

@@ -88,6 +88,9 @@ pub struct SplitReport {
     pub images_per_second: f64,
     /// Set when the split is complete and its manifest written.
     pub manifest: Option<PathBuf>,
+    /// Classes (folder names) with no stored record: recorded with 0 records in the manifest;
+    /// a training split with any is refused by `vgg train`.
+    pub empty_classes: Vec<String>,
 }
 
 /// Why preparing failed.
@@ -120,10 +123,31 @@ pub enum PrepareError {
         planned: usize,
         first: String,
     },
-    #[error("no splits to prepare under {root} (expected train/ or val/)")]
+    #[error("{}", no_splits(root))]
     NoSplits { root: PathBuf },
     #[error("cannot start worker threads: {0}")]
     Threads(String),
+}
+
+/// Why a dataset root offers nothing to prepare: it does not exist, is not a folder, or holds
+/// neither `train/` nor `val/`.
+fn no_splits(root: &Path) -> String {
+    if !root.exists() {
+        format!(
+            "the dataset's root {} does not exist (set `root` in the registry to the folder holding train/ and val/)",
+            root.display()
+        )
+    } else if !root.is_dir() {
+        format!(
+            "the dataset's root {} is a file, not a folder holding train/ and val/",
+            root.display()
+        )
+    } else {
+        format!(
+            "no splits to prepare under {} (expected train/ or val/)",
+            root.display()
+        )
+    }
 }
 
 /// The deterministic plan of one split.
@@ -488,6 +512,7 @@ fn prepare_split(
         seconds: 0.0,
         images_per_second: 0.0,
         manifest: None,
+        empty_classes: Vec::new(),
     };
     if !opts.merge {
         sweep_temporaries(&work)?;
@@ -558,6 +583,12 @@ fn prepare_split(
         report.records = m.records;
         report.skipped = m.skipped;
         report.bytes = m.bytes;
+        report.empty_classes = m
+            .classes
+            .iter()
+            .filter(|c| c.records == 0)
+            .map(|c| c.wnid.clone())
+            .collect();
         report.manifest = Some(live.join(manifest::FILE_NAME));
     } else if opts.merge || opts.part.is_none() {
         return Err(PrepareError::Incomplete {

@@ -250,6 +250,17 @@ pub fn check_owner(
 }
 
 /// The split directories under `dir`.
+/// Checks that every split under `dir` was prepared for dataset `spec` (its name, source kind
+/// and root, as its manifest records them): a store copied or linked under another dataset's
+/// shard folder is refused, as [`PreparedSplit::check_dataset`] does for one split.
+pub fn check_owner_of_splits(dir: &Path, spec: &DatasetSpec) -> Result<(), StoreError> {
+    for d in find_splits(dir)? {
+        let m = Manifest::read(&d)?;
+        check_owner(&d, &m.dataset, m.source.kind, &m.source.root, spec)?;
+    }
+    Ok(())
+}
+
 pub fn find_splits(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     if dir.join(manifest::FILE_NAME).is_file() {
         return Ok(vec![dir.to_path_buf()]);

@@ -182,6 +182,10 @@ pub struct Posteriors {
 /// Why an evaluation could not run or finish.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
+    /// The largest test scale's activations and the networks do not fit in the memory the
+    /// machine has available (estimated before the sessions are built).
+    #[error("{0}")]
+    Memory(String),
     #[error(transparent)]
     Session(#[from] SessionError),
     #[error(transparent)]
@@ -515,6 +519,58 @@ struct View {
 }
 
 /// Checks everything that can be checked before the first image.
+/// Refuses an evaluation whose estimated memory exceeds what the machine has available
+/// ([`crate::util::machine::available_memory_bytes`]): each network's parameters twice (the
+/// loaded copy and the session's) and, at the largest test scale Q, every convolution and pool
+/// output and its input for one run of `batch` square Q x Q views (a lower bound: dense
+/// evaluation feeds whole, longer images). Sessions on a CUDA device are not checked.
+fn check_memory(nets: &[Network], s: &EvalSettings) -> Result<(), EvalError> {
+    if matches!(s.session.device, Device::Cuda(_)) {
+        return Ok(());
+    }
+    let Some(available) = crate::util::machine::available_memory_bytes() else {
+        return Ok(());
+    };
+    let q = s.scales.iter().copied().max().unwrap_or(0);
+    let mut params = 0u64;
+    let mut activations = 0u64;
+    for net in nets {
+        params = params.saturating_add(net.config.summary().parameters.saturating_mul(8));
+        let mut at_q = net.config.clone();
+        at_q.input = q;
+        let per_view: u64 = 3 * (q as u64).pow(2)
+            + at_q
+                .layers()
+                .iter()
+                .filter(|l| l.kind != crate::config::model::LayerKind::Fc)
+                .map(|l| l.output.iter().product::<u64>())
+                .sum::<u64>();
+        activations = activations.max(per_view.saturating_mul(s.batch as u64 * 4 * 2));
+    }
+    let total = params.saturating_add(activations);
+    if total <= available {
+        return Ok(());
+    }
+    let gib = |b: u64| {
+        let g = b as f64 / (1u64 << 30) as f64;
+        if g >= 0.1 {
+            format!("{g:.1} GiB")
+        } else {
+            format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64)
+        }
+    };
+    Err(EvalError::Memory(format!(
+        "evaluation needs at least {} of memory, more than the {} this machine has available: \
+         the networks' parameters {} (fewer --checkpoint networks at once), activations at \
+         scale Q = {q} for a run of {} views {} (lower the largest --scales value, or --batch)",
+        gib(total),
+        gib(available),
+        gib(params),
+        s.batch,
+        gib(activations)
+    )))
+}
+
 fn validate(split: &PreparedSplit, nets: &[Network], s: &EvalSettings) -> Result<(), EvalError> {
     if nets.is_empty() {
         return Err(EvalError::NoNetworks);
@@ -530,6 +586,7 @@ fn validate(split: &PreparedSplit, nets: &[Network], s: &EvalSettings) -> Result
             "the multi-crop grid needs at least one crop per side".into(),
         ));
     }
+    check_memory(nets, s)?;
     let split_classes = split.manifest.classes.len();
     for net in nets {
         let c = &net.config;

@@ -183,7 +183,7 @@ pub struct Checkpoint {
 /// tensors that did not come from a file (e.g. [`from_torchvision`] on tensors in memory).
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("{}{source}", at(path))]
+    #[error("{}{source}{}", at(path), disk_full(source))]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -238,6 +238,16 @@ pub struct TensorMismatch {
     pub to_config: String,
     pub to: String,
     pub to_shape: Vec<usize>,
+}
+
+/// What a full disk means for a checkpoint: the previous one is still whole (checkpoints are
+/// written beside it and renamed over it).
+fn disk_full(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::StorageFull || e.raw_os_error() == Some(28) {
+        " (the disk is full: the previous checkpoint is kept whole; free space, then --resume)"
+    } else {
+        ""
+    }
 }
 
 fn at(path: &Path) -> String {
@@ -329,7 +339,7 @@ impl Checkpoint {
             None => {
                 return Err(format_err(format!(
                     "not a vgg checkpoint (no `{FORMAT_KEY}` in its metadata); \
-                     plain tensor files are read with `read_tensors`"
+                     a torchvision state dict is converted with `vgg weights from-torchvision`"
                 )))
             }
         }
@@ -690,7 +700,16 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
 
 fn map_file(path: &Path) -> Result<Mmap, CheckpointError> {
     let file = File::open(path).map_err(io(path))?;
-    let len = file.metadata().map_err(io(path))?.len();
+    let meta = file.metadata().map_err(io(path))?;
+    if meta.is_dir() {
+        return Err(CheckpointError::Format {
+            path: path.to_path_buf(),
+            message: "is a folder; a checkpoint file (.safetensors) is expected, such as \
+                      RUN_DIR/last.safetensors or RUN_DIR/best.safetensors"
+                .to_string(),
+        });
+    }
+    let len = meta.len();
     if len < 8 {
         return Err(CheckpointError::Format {
             path: path.to_path_buf(),

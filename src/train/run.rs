@@ -151,7 +151,7 @@ pub fn epoch_line(r: &EpochRecord) -> String {
     };
     format!(
         "epoch {:>3}  loss {:.3}  train top-1 err {:.1}%  {val}  lr {:.0e}  {:.0} img/s  {:.0}s",
-        r.epoch + 1,
+        r.epoch,
         r.train_loss,
         100.0 * r.train_top1_error,
         r.lr,
@@ -542,6 +542,97 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), TrainError> {
     std::fs::rename(&tmp, to).map_err(io(to))
 }
 
+/// What a training process holds in host memory, estimated before anything is allocated, in
+/// bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    /// Weights and momenta twice (the step's two alternating sets), a gradient per replica and
+    /// the host copy the parameters start from.
+    pub parameters: u64,
+    /// Every layer's output and its gradient, for one micro-batch per replica.
+    pub activations: u64,
+    /// The loader's (prefetch + 2) batch buffers.
+    pub loader: u64,
+}
+
+impl MemoryEstimate {
+    /// The estimate for `config` trained with pipeline `p` on `replicas` replicas in a process
+    /// that loads `1 / world` of every batch.
+    pub fn of(config: &VggConfig, p: &Pipeline, replicas: usize, world: usize) -> Self {
+        let f32s = 4u64;
+        let params = config.summary().parameters;
+        let replicas = replicas.max(1) as u64;
+        let per_process = (p.loader.batch_size / world.max(1)).max(1) as u64;
+        let micro = (per_process / replicas / p.training.accumulate.max(1) as u64).max(1);
+        let input = 3 * (config.input as u64).pow(2);
+        let outputs: u64 = input
+            + config
+                .layers()
+                .iter()
+                .map(|l| l.output.iter().product::<u64>())
+                .sum::<u64>();
+        let pixel = match p.loader.output {
+            OutputKind::F32Nchw => f32s,
+            OutputKind::U8Nhwc => 1,
+        };
+        MemoryEstimate {
+            parameters: params.saturating_mul(f32s * (5 + replicas)),
+            activations: outputs.saturating_mul(micro * replicas * f32s * 2),
+            loader: (p.loader.prefetch as u64 + 2).saturating_mul(per_process * input * pixel),
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.parameters
+            .saturating_add(self.activations)
+            .saturating_add(self.loader)
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    let g = bytes as f64 / (1u64 << 30) as f64;
+    if g >= 0.1 {
+        format!("{g:.1} GiB")
+    } else {
+        format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+    }
+}
+
+/// Refuses a run whose estimated host memory ([`MemoryEstimate`]) exceeds what the machine has
+/// available, before anything is allocated, instead of an abort inside the allocator. Runs on
+/// CUDA devices are not checked: their memory is the GPU's, which ONNX Runtime reports itself.
+fn check_memory(o: &TrainOptions, config: &VggConfig, world: usize) -> Result<(), TrainError> {
+    let devices = if o.devices.is_empty() {
+        vec![o.session.device]
+    } else {
+        o.devices.clone()
+    };
+    if devices.iter().any(|d| matches!(d, Device::Cuda(_))) {
+        return Ok(());
+    }
+    let Some(available) = crate::util::machine::available_memory_bytes() else {
+        return Ok(());
+    };
+    let e = MemoryEstimate::of(config, &o.pipeline, devices.len(), world);
+    if e.total() <= available {
+        return Ok(());
+    }
+    let p = &o.pipeline;
+    Err(TrainError::Setup(format!(
+        "{}: training needs about {} of memory, more than the {} this machine has available: \
+         parameters, momenta and gradients {} ({} parameters: lower model.fc, model.width or \
+         model.classes), activations {} (lower loader.batch_size or raise training.accumulate), \
+         loader buffers {} (lower loader.prefetch)",
+        p.path.display(),
+        gib(e.total()),
+        gib(available),
+        gib(e.parameters),
+        config.summary().parameters,
+        gib(e.activations),
+        gib(e.loader)
+    )))
+}
+
 /// Trains as the pipeline says; see the module documentation.
 pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummary, TrainError> {
     let group = o.group.take();
@@ -554,6 +645,31 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             "{}: training.val_limit = 0 would validate on no images (and report a perfect \
              score); give at least 1, or leave it out to validate on every image",
             p.path.display()
+        )));
+    }
+    if !p.loader.drop_last {
+        return Err(TrainError::Setup(format!(
+            "{} = false: training cannot keep the last, short batch of an epoch (the step graph \
+             is built for one batch size; the dropped images come first in another epoch's \
+             order); remove the key or set it to true (it applies to training only)",
+            p.at_key("loader.drop_last")
+        )));
+    }
+    let empty: Vec<&str> = o
+        .train
+        .manifest
+        .classes
+        .iter()
+        .filter(|c| c.records == 0)
+        .map(|c| c.wnid.as_str())
+        .collect();
+    if !empty.is_empty() && !o.train.is_empty() {
+        return Err(TrainError::Setup(format!(
+            "the training split {} has {} class(es) with no images: {}; the network would learn \
+             never to predict them: fill or remove these class folders and run `vgg prepare` again",
+            o.train.dir.display(),
+            empty.len(),
+            empty.join(", ")
         )));
     }
     for (what, split) in [("training", Some(&o.train)), ("validation", o.val.as_ref())] {
@@ -574,6 +690,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             )));
         }
     }
+    check_memory(&o, &config, world)?;
     if writer {
         std::fs::create_dir_all(&o.out).map_err(|e| TrainError::Io {
             path: o.out.clone(),
@@ -718,7 +835,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
             )));
         }
         progress.start(
-            &format!("epoch {}/{epochs}", epoch + 1),
+            &format!("epoch {epoch} (epochs 0..{})", epochs.saturating_sub(1)),
             batches,
             state.batch,
         );
@@ -806,7 +923,7 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
                 save(&last_only, &config, &step, &state, &classes)?;
                 progress.line(&format!(
                     "stopped in epoch {} after batch {}: {} holds the position; --resume continues",
-                    epoch + 1,
+                    epoch,
                     state.batch,
                     last_path.display()
                 ));

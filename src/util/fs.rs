@@ -47,7 +47,9 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     /// Starts a file that will replace `path` on commit (written meanwhile at [`temp_path`]).
+    /// A `path` that is a folder, or ends in `/`, is refused saying a file name is expected.
     pub fn create(path: &Path) -> io::Result<Self> {
+        expect_file_path(path)?;
         let tmp = temp_path(path);
         let file = File::create(&tmp)?;
         Ok(AtomicFile {
@@ -104,6 +106,28 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Refuses an output path that names a folder (an existing one, or one ending in `/`) where a
+/// file is to be written, saying so, instead of the system's "Not a directory" or "File exists".
+pub fn expect_file_path(path: &Path) -> io::Result<()> {
+    let slash = path.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if slash || path.is_dir() {
+        let what = if path.is_dir() {
+            "is a folder"
+        } else {
+            "ends in `/`, so it names a folder"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            format!(
+                "{} {what}; a file name is expected here (such as {}/FILE)",
+                path.display(),
+                path.display().to_string().trim_end_matches('/')
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` atomically (see the module documentation).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))
@@ -148,6 +172,20 @@ mod tests {
         assert_eq!(err.to_string(), "disk full");
         assert_eq!(fs::read(&p).unwrap(), b"good");
         assert!(!temp_path(&p).exists());
+    }
+
+    #[test]
+    fn a_folder_given_for_a_file_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = write_atomic(dir.path(), b"x").unwrap_err().to_string();
+        assert!(
+            err.contains("is a folder; a file name is expected"),
+            "{err}"
+        );
+        let slash = dir.path().join("new/");
+        let err = write_atomic(&slash, b"x").unwrap_err().to_string();
+        assert!(err.contains("ends in `/`"), "{err}");
+        assert!(!dir.path().join("new").exists());
     }
 
     #[test]

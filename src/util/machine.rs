@@ -37,3 +37,19 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Memory the kernel says can be allocated without swapping (`MemAvailable` in /proc/meminfo,
+/// Linux), in bytes; `None` elsewhere. `VGG_MEM_AVAILABLE` (bytes) replaces the reading, for
+/// tests and for a share of a machine smaller than what it has free.
+pub fn available_memory_bytes() -> Option<u64> {
+    if let Some(v) = std::env::var("VGG_MEM_AVAILABLE")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(v);
+    }
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}

@@ -14,7 +14,7 @@ use crate::train::{dataset, pipeline};
 const RECIPE: &str = "[optimizer]\nlr = 0.01\n[schedule]\nkind = \"constant\"\n\
                       [training]\ninit = { kind = \"glorot\" }\nepochs = 1\nlog_every = 5\nsync_timeout = 20\n";
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -23,7 +23,7 @@ fn free_port() -> u16 {
 }
 
 /// `vgg train PIPELINE --out run` in `cwd` with the launcher variables `env`.
-fn vgg_train(dir: &Path, cwd: &Path, pipeline: &str, env: &[(&str, String)]) -> Command {
+pub(crate) fn vgg_train(dir: &Path, cwd: &Path, pipeline: &str, env: &[(&str, String)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vgg"));
     c.arg("--datasets")
         .arg(dir.join("datasets.toml"))
@@ -54,7 +54,7 @@ fn vgg_train(dir: &Path, cwd: &Path, pipeline: &str, env: &[(&str, String)]) -> 
     c
 }
 
-fn torchrun(rank: usize, port: u16) -> Vec<(&'static str, String)> {
+pub(crate) fn torchrun(rank: usize, port: u16) -> Vec<(&'static str, String)> {
     vec![
         ("RANK", rank.to_string()),
         ("WORLD_SIZE", "2".into()),

@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per capability.
 
+mod claims;
 mod cli;
 mod distributed;
 mod eval;
@@ -9,8 +10,10 @@ mod gpu;
 mod gradients;
 mod graphs;
 mod loader;
+mod messages;
 mod parallel;
 mod prepare;
+mod refusals;
 mod torchvision;
 mod train;
 mod val_labels;

@@ -40,6 +40,15 @@ impl ShardReader {
             path: path.to_path_buf(),
             source,
         })?;
+        if file.metadata().is_ok_and(|m| m.is_dir()) {
+            return Err(ShardError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "is a folder; a shard file (SPLIT-NNNNN.vggshard, written by `vgg prepare`) is expected",
+                ),
+            });
+        }
         // SAFETY: shards are immutable once renamed into place; the toolkit never writes to a
         // published shard. Another process truncating it underneath would be a user error that
         // can fault the reader, as with any memory-mapped format.

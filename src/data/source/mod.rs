@@ -183,12 +183,15 @@ fn display_name(folder: &str) -> String {
         .to_string()
 }
 
-/// Sorted names of the visible subdirectories.
+/// Sorted names of the visible subdirectories with UTF-8 names (the others are reported by
+/// [`strays_in_split`]).
 fn class_folders(dir: &Path) -> Result<Vec<String>, SourceError> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
         if !name.starts_with('.') && entry.path().is_dir() {
             out.push(name);
         }
@@ -197,34 +200,115 @@ fn class_folders(dir: &Path) -> Result<Vec<String>, SourceError> {
     Ok(out)
 }
 
-/// Sorted visible regular files of a directory, as (name, path, size).
-fn files_in(dir: &Path) -> Result<Vec<(String, PathBuf, u64)>, SourceError> {
+/// Why an entry of a folder of images is not an image file to read, or `None` when it is one
+/// (a regular file, or a link to one).
+fn not_a_file(path: &Path) -> Option<String> {
+    match std::fs::metadata(path) {
+        Err(e) => Some(match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                format!("unreadable-link: a symbolic link that leads nowhere or to itself ({e})")
+            }
+            _ => format!("unreadable: {e}"),
+        }),
+        Ok(m) if m.is_dir() => Some(
+            "nested-folder: a folder inside a class folder; images are read only directly in \
+             <class>/, nested folders are not searched"
+                .to_string(),
+        ),
+        Ok(m) if !m.is_file() => Some("not-a-file: not a regular file".to_string()),
+        Ok(_) => None,
+    }
+}
+
+/// The key of a name that is not UTF-8, for the skipped list: lossy, and marked as such.
+fn lossy_key(prefix: &str, name: &std::ffi::OsStr) -> String {
+    format!("{prefix}{}", name.to_string_lossy())
+}
+
+/// A file found in a folder: name, path, size.
+type FileEntry = (String, PathBuf, u64);
+
+/// Sorted visible regular files of a directory, as (name, path, size), and what else is there
+/// (dangling links, link loops, nested folders, names that are not UTF-8), as skipped entries
+/// keyed `prefix` + name.
+fn files_in(dir: &Path, prefix: &str) -> Result<(Vec<FileEntry>, Vec<Skipped>), SourceError> {
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
         let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
+        let os_name = entry.file_name();
         let path = entry.path();
+        let Some(name) = os_name.to_str().map(str::to_string) else {
+            skipped.push(Skipped {
+                key: lossy_key(prefix, &os_name),
+                reason: "name-not-utf8: the file name is not valid UTF-8 (record keys are \
+                         UTF-8); rename the file"
+                    .to_string(),
+            });
+            continue;
+        };
         if name.starts_with('.') {
             continue;
         }
-        let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
-        if meta.is_file() {
-            out.push((name, path, meta.len()));
+        if let Some(reason) = not_a_file(&path) {
+            skipped.push(Skipped {
+                key: format!("{prefix}{name}"),
+                reason,
+            });
+            continue;
         }
+        let meta = std::fs::metadata(&path).map_err(io_err(&path))?;
+        out.push((name, path, meta.len()));
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    Ok((out, skipped))
+}
+
+/// What lies directly in a split folder of class folders besides them: stray files, class
+/// folders whose names are not UTF-8, dangling links.
+fn strays_in_split(split_dir: &Path) -> Result<Vec<Skipped>, SourceError> {
+    let mut skipped = Vec::new();
+    for entry in std::fs::read_dir(split_dir).map_err(io_err(split_dir))? {
+        let entry = entry.map_err(io_err(split_dir))?;
+        let os_name = entry.file_name();
+        let path = entry.path();
+        let Some(name) = os_name.to_str() else {
+            skipped.push(Skipped {
+                key: lossy_key("", &os_name),
+                reason: "name-not-utf8: the name is not valid UTF-8 (class names and record keys \
+                         are UTF-8); rename it"
+                    .to_string(),
+            });
+            continue;
+        };
+        if name.starts_with('.') || path.is_dir() {
+            continue;
+        }
+        let reason = match not_a_file(&path) {
+            Some(r) => r,
+            None => "outside-class-folder: a file directly in the split folder, not in a class \
+                     folder <class>/, so it has no label"
+                .to_string(),
+        };
+        skipped.push(Skipped {
+            key: name.to_string(),
+            reason,
+        });
+    }
+    Ok(skipped)
 }
 
 type Listed = (Vec<SourceFile>, Vec<Skipped>, String);
 
 fn list_class_folders(split_dir: &Path, index: &HashMap<&str, u32>) -> Result<Listed, SourceError> {
     let mut files = Vec::new();
-    let mut skipped = Vec::new();
+    let mut skipped = strays_in_split(split_dir)?;
     for folder in class_folders(split_dir)? {
         let dir = split_dir.join(&folder);
+        let (in_folder, odd) = files_in(&dir, &format!("{folder}/"))?;
+        skipped.extend(odd);
         let Some(&label) = index.get(folder.as_str()) else {
-            for (name, _, _) in files_in(&dir)? {
+            for (name, _, _) in in_folder {
                 skipped.push(Skipped {
                     key: format!("{folder}/{name}"),
                     reason: format!("class folder `{folder}` is not among the train classes"),
@@ -232,7 +316,7 @@ fn list_class_folders(split_dir: &Path, index: &HashMap<&str, u32>) -> Result<Li
             }
             continue;
         };
-        for (name, path, size) in files_in(&dir)? {
+        for (name, path, size) in in_folder {
             files.push(SourceFile {
                 path,
                 key: format!("{folder}/{name}"),
@@ -241,6 +325,7 @@ fn list_class_folders(split_dir: &Path, index: &HashMap<&str, u32>) -> Result<Li
             });
         }
     }
+    skipped.sort_by(|a, b| a.key.cmp(&b.key));
     Ok((files, skipped, "class folders".into()))
 }
 
@@ -305,8 +390,8 @@ fn list_flat_val(
             m
         };
     let mut files = Vec::new();
-    let mut skipped = Vec::new();
-    for (name, path, size) in files_in(split_dir)? {
+    let (in_folder, mut skipped) = files_in(split_dir, "")?;
+    for (name, path, size) in in_folder {
         let stem = name.rsplit_once('.').map_or(name.as_str(), |(s, _)| s);
         match by_stem.get(stem) {
             None => skipped.push(Skipped {
