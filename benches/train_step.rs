@@ -5,7 +5,7 @@
 //! (`benches/peers/torch_train_step.py`) in the same run and reports the ratio.
 //!
 //! Options: `--steps N` (20), `--batch N` (32), `--threads 1,2`, `--config NAME` (A),
-//! `--width W` (0.125), `--input S` (64), `--classes C` (10), `--rounds R` (1),
+//! `--width W` (0.125), `--input S` (64), `--classes C` (10), `--rounds R` (1), `--replicas N` (1),
 //! `--profile-steps N` (5), `--peer PYTHON`, `--json`. Defaults: the demo network of
 //! `pipelines/demo.toml`.
 
@@ -16,13 +16,14 @@ use vgg::util::progress::Cancel;
 fn usage(msg: &str) -> ! {
     eprintln!(
         "train_step: {msg}\noptions: --steps N --batch N --threads 1,2 --config NAME --width W \
-         --input S --classes C --rounds R --profile-steps N --peer PYTHON --json"
+         --input S --classes C --rounds R --replicas N --profile-steps N --peer PYTHON --json"
     );
     std::process::exit(2)
 }
 
 fn main() {
     let (mut steps, mut batch, mut rounds, mut profile_steps) = (20, 32, 1, 5);
+    let mut replicas = 1;
     let mut threads = vec![1, 2];
     let (mut config, mut width, mut input, mut classes) = ("A".to_string(), 0.125, 64i64, 10i64);
     let (mut peer, mut json) = (None, false);
@@ -43,6 +44,7 @@ fn main() {
             "--steps" => steps = num(&v) as usize,
             "--batch" => batch = num(&v) as usize,
             "--rounds" => rounds = num(&v) as usize,
+            "--replicas" => replicas = num(&v) as usize,
             "--profile-steps" => profile_steps = num(&v) as usize,
             "--threads" => threads = v.split(',').map(|t| num(t) as usize).collect(),
             "--config" => config = v,
@@ -65,6 +67,7 @@ fn main() {
         width,
         batch,
         threads,
+        replicas,
         steps,
         profile_steps,
         rounds,

@@ -22,7 +22,10 @@ use crate::config::training::Init;
 use crate::data::loader::Batch;
 use crate::net::graph::vgg::StepOptions;
 use crate::net::init::{initialise, zero_momenta};
+use crate::net::session::Device;
 use crate::net::session::{Extras, SessionSettings};
+use crate::train::engine::Engine;
+use crate::train::parallel::ParallelOptions;
 use crate::train::step::StepSession;
 use crate::train::TrainError;
 use crate::util::machine::{machine, Machine};
@@ -43,8 +46,11 @@ pub struct StepBenchOptions {
     pub table_row: String,
     pub width: f64,
     pub batch: usize,
-    /// Intra-op thread counts, one row each.
+    /// Intra-op thread counts, one row each (for all replicas together).
     pub threads: Vec<usize>,
+    /// CPU replicas, each on its share of the batch and of the threads, their gradients summed
+    /// in the host (the data-parallel step `vgg train --replicas N` runs); 1: the fused step.
+    pub replicas: usize,
     /// Timed steps per measurement.
     pub steps: usize,
     /// Profiled steps (after one dropped) for the phase split; 0 skips the profile.
@@ -133,6 +139,8 @@ pub struct StepBenchReport {
     pub parameters: u64,
     pub gflops_per_image_forward: f64,
     pub batch: usize,
+    /// 1: the fused step; more: that many CPU replicas (phases are then the fused step's).
+    pub replicas: usize,
     pub steps: usize,
     pub rounds: usize,
     pub vgg_ms_per_step: f64,
@@ -184,9 +192,32 @@ fn step_session(
     StepSession::with_extras(&o.config, &opts, 0.5, &params, &momenta, &settings, extras)
 }
 
+/// The step `o` times: the fused step session, or with replicas the data-parallel step.
+fn engine(o: &StepBenchOptions, threads: usize) -> Result<Engine, TrainError> {
+    if o.replicas <= 1 {
+        return Ok(Engine::Fused(Box::new(step_session(
+            o,
+            threads,
+            &Extras::default(),
+        )?)));
+    }
+    let params = initialise(&o.config, Init::Kaiming, 0);
+    let momenta = zero_momenta(&params);
+    let opts = StepOptions {
+        batch: o.batch,
+        ..Default::default()
+    };
+    let parallel = ParallelOptions {
+        devices: vec![Device::Cpu; o.replicas],
+        accumulate: 1,
+        threads,
+    };
+    Engine::new(&o.config, &opts, 0.5, &params, &momenta, &parallel, None)
+}
+
 /// Times `o.steps` steps after [`WARMUP`]: per-step medians and the first and last loss.
 fn time_steps(
-    s: &mut StepSession,
+    s: &mut Engine,
     b: &Batch,
     steps: usize,
     cancel: &Cancel,
@@ -194,7 +225,7 @@ fn time_steps(
     let mut first = None;
     let mut last = 0.0;
     for _ in 0..WARMUP {
-        first.get_or_insert(s.step(b, LR, 0)?.loss);
+        first.get_or_insert(s.step(b, LR, 0, false)?.0.loss);
     }
     let mut times = Vec::with_capacity(steps);
     for _ in 0..steps {
@@ -202,7 +233,7 @@ fn time_steps(
             return Err(BenchError::Interrupted);
         }
         let t = Instant::now();
-        last = s.step(b, LR, 0)?.loss;
+        last = s.step(b, LR, 0, false)?.0.loss;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     Ok((median(times), first.unwrap_or(last), last))
@@ -352,7 +383,7 @@ pub fn step_bench(
         let mut peer_runs: Vec<PeerFigures> = Vec::new();
         let mut losses = (0.0, 0.0);
         for _ in 0..o.rounds.max(1) {
-            let mut s = step_session(o, threads, &Extras::default())?;
+            let mut s = engine(o, threads)?;
             let (ms, first, last) = time_steps(&mut s, &b, o.steps, cancel)?;
             drop(s);
             progress(&format!("vgg, {threads} thread(s): {ms:.1} ms/step"));
@@ -420,6 +451,7 @@ pub fn step_bench(
         parameters: summary.parameters,
         gflops_per_image_forward: summary.flops as f64 / 1e9,
         batch: o.batch,
+        replicas: o.replicas.max(1),
         steps: o.steps,
         rounds: o.rounds.max(1),
         vgg_ms_per_step: top.vgg.ms_per_step,

@@ -96,6 +96,10 @@ enum BenchCommand {
         /// from elsewhere on a shared machine hits both alike.
         #[arg(long, default_value_t = 1, value_name = "R", value_parser = clap::value_parser!(u64).range(1..))]
         rounds: u64,
+        /// Time the data-parallel step of N CPU replicas (as `vgg train --replicas N`), each
+        /// on its share of the batch and of the threads; the phases stay the fused step's.
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        replicas: usize,
         /// Profiled steps for the phase split (0: no profile).
         #[arg(long, default_value_t = 5, value_name = "K")]
         profile_steps: usize,
@@ -165,6 +169,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             threads,
             steps,
             rounds,
+            replicas,
             profile_steps,
             peer,
             python,
@@ -185,6 +190,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
                 width: *width,
                 batch: *batch as usize,
                 threads: threads.clone(),
+                replicas: *replicas,
                 steps: *steps as usize,
                 profile_steps: *profile_steps,
                 rounds: *rounds as usize,
@@ -291,11 +297,16 @@ fn print_train(r: &TrainBenchReport, dataset: &str, parallel: &ParallelOptions) 
 fn print_step(r: &StepBenchReport) {
     print_machine(&r.machine);
     println!(
-        "network {} ({:.2} M parameters, {:.3} GFLOP/image forward), batch {}, {} timed steps x {} round(s)",
+        "network {} ({:.2} M parameters, {:.3} GFLOP/image forward), batch {}{}, {} timed steps x {} round(s)",
         r.network,
         r.parameters as f64 / 1e6,
         r.gflops_per_image_forward,
         r.batch,
+        if r.replicas > 1 {
+            format!(" over {} CPU replicas", r.replicas)
+        } else {
+            String::new()
+        },
         r.steps,
         r.rounds
     );
