@@ -175,24 +175,9 @@ fn a_full_disk_during_a_re_prepare_is_a_clear_error_and_the_old_store_stays_vali
     let fx = fixtures::imagenet(6, ValForm::ClassFolders);
     let d = fx.dir.path();
     let mnt = d.join("small-disk");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
-        .arg(&mnt)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("SKIPPED full-disk re-prepare test: cannot mount a tmpfs here (needs root)");
+    let Some(_guard) = small_disk(&mnt, "256k", "full-disk re-prepare") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     let shards = mnt.join("shards");
     fx.registry("fx", &shards, "max_shortest_side = 64\n");
     let o = vgg(
@@ -341,24 +326,9 @@ fn a_full_disk_at_a_checkpoint_is_a_clear_error_and_the_previous_checkpoint_stay
     let o = vgg(&["train", "p.toml", "--out", "run", "-q"], d);
     assert!(o.status.success(), "{}", text(&o));
     let mnt = d.join("small-disk");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !mounted {
-        eprintln!("SKIPPED full-disk checkpoint test: cannot mount a tmpfs here (needs root)");
+    let Some(_guard) = small_disk(&mnt, "8m", "full-disk checkpoint") else {
         return;
-    }
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    };
     // -a keeps the run's hard links (epoch-start.safetensors is last.safetensors' link).
     let o = Command::new("cp")
         .args(["-a", "run"])
@@ -426,4 +396,30 @@ fn a_full_disk_at_a_checkpoint_is_a_clear_error_and_the_previous_checkpoint_stay
         .filter(|n| n.ends_with(".tmp"))
         .collect();
     assert!(leftovers.is_empty(), "temporaries left: {leftovers:?}");
+}
+
+/// Unmounts its folder when dropped.
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A tmpfs of `size` mounted at `mnt` (a small disk to fill), or None, after saying the
+/// `test` is skipped, where mounting is not permitted (it needs root).
+fn small_disk(mnt: &std::path::Path, size: &str, test: &str) -> Option<Unmount> {
+    std::fs::create_dir_all(mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(mnt)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mounted {
+        eprintln!("SKIPPED {test} test: cannot mount a tmpfs here (needs root)");
+        return None;
+    }
+    Some(Unmount(mnt.to_path_buf()))
 }
