@@ -12,13 +12,13 @@
 //!   of the padded input as `[C, N*H*W]` (the fastest form on CPU, 2-4x the swapped-axes Conv);
 //!   bias gradient by `ReduceSum` over N, H, W.
 //! - Relu: `Where(Y > 0, dY, 0)`.
-//! - MaxPool 2x2/2: with the pool's `Indices` output, one `ScatterElements` of dY into zeros
-//!   at those positions (ONNX Runtime's CPU pool takes a window's first maximum in row-major
-//!   order, PyTorch's choice on ties; its CUDA pool scans a window column by column, so a tie
-//!   between the two off-diagonal positions goes to the lower-left one there). Without
-//!   `Indices`, the window is unfolded by `SpaceToDepth`, the first maximum picked by `ArgMax`
-//!   and the gradient routed with `Where`, folded back by `DepthToSpace` (no MaxUnpool, which
-//!   the CUDA provider lacks).
+//! - MaxPool 2x2/2: the window is unfolded by `SpaceToDepth`, its first maximum picked by
+//!   `ArgMax` (PyTorch's choice on ties, on both providers), and dY routed there by one
+//!   `ScatterElements` per plane into zeros (no MaxUnpool, which the CUDA provider lacks). A
+//!   pool that also outputs `Indices` is differentiated by one scatter at those indices
+//!   instead (ONNX Runtime's CPU pool takes a window's first maximum in row-major order; its
+//!   CUDA pool scans a window column by column, so a tie between the two off-diagonal
+//!   positions goes to the lower-left one there).
 //! - LRN: the closed form, the channel-window sum written as a padded sum of shifted slices.
 //! - Gemm, Flatten/Reshape, Mul, Add, Neg, ReduceSum, ReduceMean (all axes given), LogSoftmax,
 //!   Softmax, Identity.
@@ -387,30 +387,45 @@ fn maxpool_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffErr
     let four = g.ints(&[4]);
     let shape5 = g.op("Concat", &[&batch, &four, &rest], &[("axis", 0i64.into())]);
     let windows = g.op("Reshape", &[&unfolded, &shape5], &[]);
+    // The first maximum of each window (ArgMax's choice on ties, as PyTorch's), [N, C, h, w].
     let arg = g.op(
         "ArgMax",
         &[&windows],
-        &[("axis", 1i64.into()), ("keepdims", 1i64.into())],
+        &[("axis", 1i64.into()), ("keepdims", 0i64.into())],
     );
-    let offsets = g.constant(
-        "window_offsets",
-        &[1, 4, 1, 1, 1],
-        TensorData::I64(vec![0, 1, 2, 3]),
+    // Its position in its plane of X: 2i W + 2j + [0, 1, W, W + 1][arg].
+    let scalar = |g: &mut Graph, v: i64| g.constant("k", &[], TensorData::I64(vec![v]));
+    let (zero, one, two, three) = (scalar(g, 0), scalar(g, 1), scalar(g, 2), scalar(g, 3));
+    let sx = g.op("Shape", &[x], &[]);
+    let height = g.op("Gather", &[&sx, &two], &[]);
+    let width = g.op("Gather", &[&sx, &three], &[]);
+    let w_mask = g.constant("window_rows", &[4], TensorData::I64(vec![0, 0, 1, 1]));
+    let w_cols = g.constant("window_cols", &[4], TensorData::I64(vec![0, 1, 0, 1]));
+    let row_steps = g.op("Mul", &[&width, &w_mask], &[]);
+    let lut = g.op("Add", &[&row_steps, &w_cols], &[]);
+    let (h, w) = (
+        g.op("Div", &[&height, &two], &[]),
+        g.op("Div", &[&width, &two], &[]),
     );
-    let mask = g.op("Equal", &[&arg, &offsets], &[]);
-    let dy5 = g.op("Unsqueeze", &[dy, &s1], &[]);
-    let zero = g.scalar(0.0);
-    let routed = g.op("Where", &[&mask, &dy5, &zero], &[]);
-    let ushape = g.op("Shape", &[&unfolded], &[]);
-    let flat = g.op("Reshape", &[&routed, &ushape], &[]);
-    Ok(g.op(
-        "DepthToSpace",
-        &[&flat],
-        &[
-            ("blocksize", 2i64.into()),
-            ("mode", Attr::Str("DCR".into())),
-        ],
-    ))
+    let two_w = g.op("Mul", &[&width, &two], &[]);
+    let rows = g.op("Range", &[&zero, &h, &one], &[]);
+    let rows = g.op("Mul", &[&rows, &two_w], &[]);
+    let rows = g.op("Unsqueeze", &[&rows, &s1], &[]);
+    let cols = g.op("Range", &[&zero, &w, &one], &[]);
+    let cols = g.op("Mul", &[&cols, &two], &[]);
+    let corner = g.op("Add", &[&rows, &cols], &[]);
+    let offset = g.op("Gather", &[&lut, &arg], &[]);
+    let position = g.op("Add", &[&offset, &corner], &[]);
+    // One scatter per plane ([N * C, H * W]) into zeros.
+    let zeros = g.op("ConstantOfShape", &[&sx], &[]);
+    let per_plane = [("axis", Attr::Int(2))];
+    let (z, i, u) = (
+        g.op("Flatten", &[&zeros], &per_plane),
+        g.op("Flatten", &[&position], &per_plane),
+        g.op("Flatten", &[dy], &per_plane),
+    );
+    let routed = g.op("ScatterElements", &[&z, &i, &u], &[("axis", 1i64.into())]);
+    Ok(g.op("Reshape", &[&routed, &sx], &[]))
 }
 
 /// Sum over the channel window of LRN (`size` odd): the window is symmetric, so the same

@@ -76,13 +76,12 @@ fn declare_params(g: &mut Graph, params: &[ParamSpec]) {
     }
 }
 
-/// How [`features`] writes its max-pools.
+/// How [`features`] orders a ReLU and the max-pool it feeds.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Pools {
     /// Conv, ReLU, then the pool: inference (ONNX Runtime fuses each Conv with its ReLU).
     Inference,
-    /// For differentiation: each pool also outputs the position of its maximum, so its
-    /// gradient is one scatter; and where a ReLU feeds a pool directly, the pool comes first
+    /// For differentiation: where a ReLU feeds a pool directly, the pool comes first
     /// (`max(relu(x)) = relu(max(x))`, and the first maximum of a window is the same one
     /// unless the window is all negative, where the ReLU's gradient is zero either way), so
     /// that ReLU and its gradient work on a quarter of the values.
@@ -112,7 +111,7 @@ fn features(g: &mut Graph, config: &VggConfig, x: &str, pools: Pools) -> String 
             let lrn = config.lrn.filter(|_| b == 0 && i == 0);
             let last = i + 1 == block.len();
             x = if pools == Pools::Training && last && lrn.is_none() {
-                let pooled = g.op_n("MaxPool", &[&y], 2, &pool).swap_remove(0);
+                let pooled = g.op("MaxPool", &[&y], &pool);
                 g.op("Relu", &[&pooled], &[])
             } else {
                 g.op("Relu", &[&y], &[])
@@ -131,10 +130,7 @@ fn features(g: &mut Graph, config: &VggConfig, x: &str, pools: Pools) -> String 
                 );
             }
             if last && (pools == Pools::Inference || lrn.is_some()) {
-                x = match pools {
-                    Pools::Inference => g.op("MaxPool", &[&x], &pool),
-                    Pools::Training => g.op_n("MaxPool", &[&x], 2, &pool).swap_remove(0),
-                };
+                x = g.op("MaxPool", &[&x], &pool);
             }
         }
     }
