@@ -21,18 +21,7 @@ fn kill_9_during_a_re_prepare_leaves_the_old_store_valid_and_a_re_run_completes_
     let fx = fixtures::imagenet(40, ValForm::ClassFolders);
     let d = fx.dir.path();
     registry(&fx, "max_shortest_side = 96\nrecords_per_shard = 4\n");
-    let o = vgg(
-        &[
-            "--datasets",
-            "fx.toml",
-            "prepare",
-            "fx",
-            "--split",
-            "train",
-            "-q",
-        ],
-        d,
-    );
+    let o = prepare_fx(d);
     assert!(o.status.success(), "{}", text(&o));
     let train = d.join("shards/train");
     let old = tree(&train);
@@ -76,18 +65,7 @@ fn kill_9_during_a_re_prepare_leaves_the_old_store_valid_and_a_re_run_completes_
             break;
         }
         registry(&fx, "max_shortest_side = 96\nrecords_per_shard = 4\n");
-        let o = vgg(
-            &[
-                "--datasets",
-                "fx.toml",
-                "prepare",
-                "fx",
-                "--split",
-                "train",
-                "-q",
-            ],
-            d,
-        );
+        let o = prepare_fx(d);
         assert!(o.status.success(), "{}", text(&o));
         registry(
             &fx,
@@ -102,18 +80,7 @@ fn kill_9_during_a_re_prepare_leaves_the_old_store_valid_and_a_re_run_completes_
     assert_eq!(old, tree(&train), "the committed store was changed");
     verify_ok(&train, d);
     // The lock of the killed process is stale: a re-run takes it over and completes the new store.
-    let o = vgg(
-        &[
-            "--datasets",
-            "fx.toml",
-            "prepare",
-            "fx",
-            "--split",
-            "train",
-            "-q",
-        ],
-        d,
-    );
+    let o = prepare_fx(d);
     assert!(o.status.success(), "{}", text(&o));
     let split = vgg::data::store::PreparedSplit::open(&train).unwrap();
     assert_eq!(split.manifest.store.max_shortest_side.0, 64);
@@ -127,18 +94,7 @@ fn verify_refuses_a_store_copied_under_another_datasets_name() {
     let fx = fixtures::imagenet(1, ValForm::ClassFolders);
     let d = fx.dir.path();
     registry(&fx, "max_shortest_side = 96\n");
-    let o = vgg(
-        &[
-            "--datasets",
-            "fx.toml",
-            "prepare",
-            "fx",
-            "--split",
-            "train",
-            "-q",
-        ],
-        d,
-    );
+    let o = prepare_fx(d);
     assert!(o.status.success(), "{}", text(&o));
     let reg = std::fs::read_to_string(d.join("fx.toml")).unwrap();
     std::fs::create_dir_all(d.join("other-root/train")).unwrap();
@@ -180,18 +136,7 @@ fn a_full_disk_during_a_re_prepare_is_a_clear_error_and_the_old_store_stays_vali
     };
     let shards = mnt.join("shards");
     fx.registry("fx", &shards, "max_shortest_side = 64\n");
-    let o = vgg(
-        &[
-            "--datasets",
-            "fx.toml",
-            "prepare",
-            "fx",
-            "--split",
-            "train",
-            "-q",
-        ],
-        d,
-    );
+    let o = prepare_fx(d);
     assert!(o.status.success(), "{}", text(&o));
     let train = shards.join("train");
     let old = tree(&train);
@@ -201,18 +146,7 @@ fn a_full_disk_during_a_re_prepare_is_a_clear_error_and_the_old_store_stays_vali
         &shards,
         "max_shortest_side = 512\nencoding = \"raw\"\nrecords_per_shard = 2\n",
     );
-    let o = vgg(
-        &[
-            "--datasets",
-            "fx.toml",
-            "prepare",
-            "fx",
-            "--split",
-            "train",
-            "-q",
-        ],
-        d,
-    );
+    let o = prepare_fx(d);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("disk is full"),
@@ -422,4 +356,20 @@ fn small_disk(mnt: &std::path::Path, size: &str, test: &str) -> Option<Unmount> 
         return None;
     }
     Some(Unmount(mnt.to_path_buf()))
+}
+
+/// `vgg --datasets fx.toml prepare fx --split train -q` in `dir`.
+fn prepare_fx(dir: &std::path::Path) -> std::process::Output {
+    vgg(
+        &[
+            "--datasets",
+            "fx.toml",
+            "prepare",
+            "fx",
+            "--split",
+            "train",
+            "-q",
+        ],
+        dir,
+    )
 }
