@@ -181,38 +181,47 @@ fn step_session(
 ) -> Result<StepSession, TrainError> {
     let params = initialise(&o.config, Init::Kaiming, 0);
     let momenta = zero_momenta(&params);
-    let opts = StepOptions {
-        batch: o.batch,
-        ..Default::default()
-    };
     let settings = SessionSettings {
         threads,
         ..Default::default()
     };
-    StepSession::with_extras(&o.config, &opts, 0.5, &params, &momenta, &settings, extras)
+    StepSession::with_extras(
+        &o.config,
+        &step_options(o),
+        0.5,
+        &params,
+        &momenta,
+        &settings,
+        extras,
+    )
 }
 
-/// The step `o` times: the fused step session, or with replicas the data-parallel step.
+/// The step `o` times, as the trainer chooses it: the fused step session for one replica, the
+/// data-parallel step for more.
 fn engine(o: &StepBenchOptions, threads: usize) -> Result<Engine, TrainError> {
-    if o.replicas <= 1 {
-        return Ok(Engine::Fused(Box::new(step_session(
-            o,
-            threads,
-            &Extras::default(),
-        )?)));
-    }
     let params = initialise(&o.config, Init::Kaiming, 0);
     let momenta = zero_momenta(&params);
-    let opts = StepOptions {
-        batch: o.batch,
-        ..Default::default()
-    };
     let parallel = ParallelOptions {
-        devices: vec![Device::Cpu; o.replicas],
+        devices: vec![Device::Cpu; o.replicas.max(1)],
         accumulate: 1,
         threads,
     };
-    Engine::new(&o.config, &opts, 0.5, &params, &momenta, &parallel, None)
+    Engine::new(
+        &o.config,
+        &step_options(o),
+        0.5,
+        &params,
+        &momenta,
+        &parallel,
+        None,
+    )
+}
+
+fn step_options(o: &StepBenchOptions) -> StepOptions {
+    StepOptions {
+        batch: o.batch,
+        ..Default::default()
+    }
 }
 
 /// Times `o.steps` steps after [`WARMUP`]: per-step medians and the first and last loss.
@@ -267,7 +276,7 @@ fn profile(
 /// Splits ONNX Runtime's profile events by phase and op type, per run, dropping the first
 /// run (its events start before the first `model_run` ends). Returns the phases, the mean
 /// run time and the `top` op types.
-pub fn split_profile(events: &[serde_json::Value], top: usize) -> (Phases, f64, Vec<OpTime>) {
+fn split_profile(events: &[serde_json::Value], top: usize) -> (Phases, f64, Vec<OpTime>) {
     let num = |e: &serde_json::Value, k: &str| e[k].as_f64().unwrap_or(0.0);
     let mut runs: Vec<(f64, f64)> = events
         .iter()

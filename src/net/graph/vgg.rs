@@ -418,23 +418,19 @@ fn fused_sgd_update(
         let decays = opts.weight_decay != 0.0 && (p.kind == ParamKind::Weight || opts.decay_biases);
         let v = format!("{}{MOMENTUM}", p.name);
         let v_next_name = format!("{v}{NEXT}");
+        // momentum * v goes into the gradient's Gemm where it is one, else into the last Add.
         let folded = fold_into_gemm(g, step, &v, opts.momentum);
-        let v_next = match (folded, decays) {
-            (true, true) => {
-                let d = g.op("Mul", &[&p.name, &decay], &[]);
-                g.op_named(&v_next_name, "Add", &[step, &d], &[])
-            }
-            (true, false) => g.rename_unread(step, &v_next_name),
-            (false, decays) => {
-                let mv = g.op("Mul", &[&v, &momentum], &[]);
-                if decays {
-                    let d = g.op("Mul", &[&p.name, &decay], &[]);
-                    let s = g.op("Add", &[step, &d], &[]);
-                    g.op_named(&v_next_name, "Add", &[&mv, &s], &[])
-                } else {
-                    g.op_named(&v_next_name, "Add", &[&mv, step], &[])
-                }
-            }
+        let decayed = if decays {
+            let d = g.op("Mul", &[&p.name, &decay], &[]);
+            g.op("Add", &[step, &d], &[])
+        } else {
+            step.clone()
+        };
+        let v_next = if folded {
+            g.rename_unread(&decayed, &v_next_name)
+        } else {
+            let mv = g.op("Mul", &[&v, &momentum], &[]);
+            g.op_named(&v_next_name, "Add", &[&mv, &decayed], &[])
         };
         let w_next = g.op_named(
             &format!("{}{NEXT}", p.name),
