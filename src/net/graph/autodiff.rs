@@ -416,8 +416,15 @@ fn maxpool_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffErr
     let corner = g.op("Add", &[&rows, &cols], &[]);
     let offset = g.op("Gather", &[&lut, &arg], &[]);
     let position = g.op("Add", &[&offset, &corner], &[]);
-    // One scatter per plane ([N * C, H * W]) into zeros.
-    let zeros = g.op("ConstantOfShape", &[&sx], &[]);
+    // One scatter per plane ([N * C, H * W]) into zeros. The zeros are made at run time from
+    // one element of dY (times 0), not by ConstantOfShape: X's shape is static in a training
+    // step, so ONNX Runtime would fold a ConstantOfShape into a constant as large as X (up to
+    // 1 GiB each) and keep it in the session.
+    let (starts, ends) = (g.ints(&[0, 0, 0, 0]), g.ints(&[1, 1, 1, 1]));
+    let one_dy = g.op("Slice", &[dy, &starts, &ends], &[]);
+    let nought = g.scalar(0.0);
+    let zero = g.op("Mul", &[&one_dy, &nought], &[]);
+    let zeros = g.op("Expand", &[&zero, &sx], &[]);
     let per_plane = [("axis", Attr::Int(2))];
     let (z, i, u) = (
         g.op("Flatten", &[&zeros], &per_plane),
