@@ -197,6 +197,35 @@ fn conv3x3_padded() {
     );
 }
 
+/// The weight gradient has two forms, chosen by the input channel count: one Gemm over the
+/// stacked kernel offsets below 8 channels (the test above, with 3), one Gemm per offset from 8.
+#[test]
+fn conv3x3_padded_with_eight_input_channels() {
+    let inputs = [
+        T::random("x", &[2, 8, 5, 4], 11, 0.0),
+        T::random("w", &[3, 8, 3, 3], 12, 0.0),
+        T::random("b", &[3], 13, 0.0),
+    ];
+    check(
+        "conv3x3 c8",
+        &inputs,
+        &["x", "w", "b"],
+        &[2, 3, 5, 4],
+        |g, n| {
+            g.op(
+                "Conv",
+                &[&n[0], &n[1], &n[2]],
+                &[
+                    ("kernel_shape", vec![3, 3].into()),
+                    ("pads", vec![1, 1, 1, 1].into()),
+                ],
+            )
+        },
+        1e-2,
+        8,
+    );
+}
+
 #[test]
 fn conv1x1_and_conv5x5() {
     let inputs = [
