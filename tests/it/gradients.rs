@@ -197,8 +197,7 @@ fn conv3x3_padded() {
     );
 }
 
-/// The weight gradient has two forms, chosen by the input channel count: one Gemm over the
-/// stacked kernel offsets below 8 channels (the test above, with 3), one Gemm per offset from 8.
+/// As above, with more input channels than the colour planes of a first layer.
 #[test]
 fn conv3x3_padded_with_eight_input_channels() {
     let inputs = [

@@ -9,9 +9,8 @@
 //!
 //! - Conv: input gradient by `ConvTranspose(dY, W)` with the same pads; weight gradient by
 //!   one `Gemm` per kernel offset between `dY` as `[Cout, N*H*W]` and the matching shifted slice
-//!   of the padded input as `[C, N*H*W]` (the fastest form on CPU, 2-4x the swapped-axes Conv),
-//!   or, for fewer than 8 input channels (the first layer), one `Gemm` over the shifted slices
-//!   stacked; bias gradient by `ReduceSum` over N, H, W.
+//!   of the padded input as `[C, N*H*W]` (the fastest form on CPU, 2-4x the swapped-axes Conv);
+//!   bias gradient by `ReduceSum` over N, H, W.
 //! - Relu: `Where(Y > 0, dY, 0)`.
 //! - MaxPool 2x2/2: each window is made the last axis (a 6-D view and one `Transpose`), its
 //!   first maximum picked by `ArgMax` (PyTorch's choice on ties, on both providers), and dY
@@ -264,10 +263,6 @@ fn gemm_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
 }
 
 /// An `end` for Slice that stops `from_end` elements before the end of an axis.
-/// Input channel counts below this get the convolution weight gradient as one Gemm over the
-/// stacked kernel offsets instead of one Gemm per offset.
-const STACKED_TAPS_BELOW: i64 = 8;
-
 fn end_before(from_end: i64) -> i64 {
     if from_end == 0 {
         i64::MAX
@@ -319,61 +314,34 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
         };
         let (kh, kw) = (ks[0], ks[1]);
         let axes = g.ints(&[2, 3]);
-        let shifted: Vec<String> = (0..kh)
-            .flat_map(|i| (0..kw).map(move |j| (i, j)))
-            .map(|(i, j)| {
-                if kh == 1 && kw == 1 {
+        let mut taps = Vec::new();
+        for i in 0..kh {
+            for j in 0..kw {
+                let shifted = if kh == 1 && kw == 1 {
                     xp.clone()
                 } else {
                     let s = g.ints(&[i, j]);
                     let e = g.ints(&[end_before(kh - 1 - i), end_before(kw - 1 - j)]);
                     g.op("Slice", &[&xp, &s, &e, &axes], &[])
-                }
-            })
-            .collect();
-        let channels = g.static_dims(w).and_then(|d| d.get(1).copied());
-        out[1] = Some(match channels {
-            // Few input channels (the first layer's three colours): one Gemm over the stacked
-            // taps, [Cout, kh*kw*C] (a Gemm only C columns wide is mostly padding in the
-            // kernel's column panels; on VGG-16's first layer 2.5x faster than nine Gemms).
-            Some(c) if c < STACKED_TAPS_BELOW && shifted.len() > 1 => {
-                let refs: Vec<&str> = shifted.iter().map(|s| s.as_str()).collect();
-                let stacked = g.op("Concat", &refs, &[("axis", 0i64.into())]);
-                let stack_rows = g.ints(&[kh * kw * c, -1]);
-                let m = g.op("Reshape", &[&stacked, &stack_rows], &[]);
-                let taps = g.op("Gemm", &[&dym, &m], &[("transB", 1i64.into())]);
-                let tap_major = g.ints(&[0, kh, kw, c]);
-                let dw = g.op("Reshape", &[&taps, &tap_major], &[]);
-                g.op(
-                    "Transpose",
-                    &[&dw],
-                    &[("perm", Attr::Ints(vec![0, 3, 1, 2]))],
-                )
-            }
-            _ => {
-                // [Cout, C] for each kernel offset, stacked on a last axis.
-                let mut taps: Vec<String> = shifted
-                    .iter()
-                    .map(|t| {
-                        let m = g.op("Reshape", &[t, &rows], &[]);
-                        g.op("Gemm", &[&dym, &m], &[("transB", 1i64.into())])
-                    })
-                    .collect();
-                let wshape = g.op("Shape", &[w], &[]);
-                let dw = if taps.len() == 1 {
-                    taps.pop().unwrap()
-                } else {
-                    let last = g.ints(&[2]);
-                    let parts: Vec<String> = taps
-                        .iter()
-                        .map(|t| g.op("Unsqueeze", &[t, &last], &[]))
-                        .collect();
-                    let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
-                    g.op("Concat", &refs, &[("axis", 2i64.into())])
                 };
-                g.op("Reshape", &[&dw, &wshape], &[])
+                let m = g.op("Reshape", &[&shifted, &rows], &[]);
+                // [Cout, C] for this kernel offset.
+                taps.push(g.op("Gemm", &[&dym, &m], &[("transB", 1i64.into())]));
             }
-        });
+        }
+        let wshape = g.op("Shape", &[w], &[]);
+        let dw = if taps.len() == 1 {
+            taps.pop().unwrap()
+        } else {
+            let last = g.ints(&[2]);
+            let parts: Vec<String> = taps
+                .iter()
+                .map(|t| g.op("Unsqueeze", &[t, &last], &[]))
+                .collect();
+            let refs: Vec<&str> = parts.iter().map(|s| s.as_str()).collect();
+            g.op("Concat", &refs, &[("axis", 2i64.into())])
+        };
+        out[1] = Some(g.op("Reshape", &[&dw, &wshape], &[]));
     }
     if need.get(2).copied().unwrap_or(false) {
         let axes = g.ints(&[0, 2, 3]);

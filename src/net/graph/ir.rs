@@ -360,23 +360,6 @@ impl Graph {
         self.constant("scalar", &[], TensorData::F32(vec![value]))
     }
 
-    /// The dimensions of a graph input or initializer when all are fixed (a parameter's shape,
-    /// known when the graph is built); `None` for computed tensors and symbolic dimensions.
-    pub fn static_dims(&self, tensor: &str) -> Option<Vec<i64>> {
-        if let Some(i) = self.initializers.iter().find(|i| i.name == tensor) {
-            return Some(i.dims.clone());
-        }
-        let input = self.inputs.iter().find(|i| i.name == tensor)?;
-        input
-            .dims
-            .iter()
-            .map(|d| match d {
-                Dim::Fixed(v) => Some(*v),
-                Dim::Named(_) => None,
-            })
-            .collect()
-    }
-
     /// Lowers the graph to a protobuf model.
     pub fn to_model(&self, producer_version: &str) -> onnx::ModelProto {
         onnx::ModelProto {
