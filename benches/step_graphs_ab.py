@@ -43,6 +43,12 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compare", action="store_true", help="print the largest output difference")
     o = p.parse_args()
+    for path in (o.a, o.b):
+        if not os.path.isfile(path):
+            raise SystemExit(
+                f"{path}: no such file (write one with `vgg model export PIPELINE --train-step "
+                f"--out FILE`)"
+            )
     ort.set_default_logger_severity(3)
     sessions = []
     for path in (o.a, o.b):
@@ -50,8 +56,8 @@ def main():
         so.intra_op_num_threads = o.threads
         so.inter_op_num_threads = 1
         sessions.append(ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]))
-    names = [i.name for i in sessions[0].get_inputs()]
-    if names != [i.name for i in sessions[1].get_inputs()]:
+    signature = [[(i.name, i.shape, i.type) for i in s.get_inputs()] for s in sessions]
+    if signature[0] != signature[1]:
         raise SystemExit("the two graphs have different inputs: not the same network and batch")
     feeds = inputs(sessions[0], o.seed)
     outs = [s.run(None, feeds) for s in sessions]
