@@ -254,10 +254,13 @@ fn profile(
     threads: usize,
     b: &Batch,
 ) -> Result<(Phases, f64, Vec<OpTime>), BenchError> {
-    let dir = std::env::temp_dir().join(format!("vgg-step-profile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| BenchError::Profile(e.to_string()))?;
+    // Removed when dropped, on every return (a failed step included).
+    let dir = tempfile::Builder::new()
+        .prefix("vgg-step-profile-")
+        .tempdir()
+        .map_err(|e| BenchError::Profile(e.to_string()))?;
     let extras = Extras {
-        profile: Some(dir.join("step")),
+        profile: Some(dir.path().join("step")),
         ..Default::default()
     };
     let mut s = step_session(o, threads, &extras)?;
@@ -266,7 +269,7 @@ fn profile(
     }
     let path = s.end_profiling()?;
     let text = std::fs::read_to_string(&path);
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(dir);
     let text = text.map_err(|e| BenchError::Profile(format!("{path}: {e}")))?;
     let events: Vec<serde_json::Value> =
         serde_json::from_str(&text).map_err(|e| BenchError::Profile(format!("{path}: {e}")))?;
