@@ -55,7 +55,10 @@ def main():
         so = ort.SessionOptions()
         so.intra_op_num_threads = o.threads
         so.inter_op_num_threads = 1
-        sessions.append(ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]))
+        try:
+            sessions.append(ort.InferenceSession(path, so, providers=["CPUExecutionProvider"]))
+        except Exception as e:  # a damaged or foreign file: one line, not a traceback
+            raise SystemExit(f"{path}: ONNX Runtime cannot load it: {e}")
     signature = [[(i.name, i.shape, i.type) for i in s.get_inputs()] for s in sessions]
     if signature[0] != signature[1]:
         raise SystemExit("the two graphs have different inputs: not the same network and batch")
