@@ -20,6 +20,7 @@ use super::BenchError;
 use crate::config::model::VggConfig;
 use crate::config::training::Init;
 use crate::data::loader::Batch;
+use crate::net::checkpoint::NamedTensor;
 use crate::net::graph::vgg::StepOptions;
 use crate::net::init::{initialise, zero_momenta};
 use crate::net::session::Device;
@@ -179,8 +180,7 @@ fn step_session(
     threads: usize,
     extras: &Extras,
 ) -> Result<StepSession, TrainError> {
-    let params = initialise(&o.config, Init::Kaiming, 0);
-    let momenta = zero_momenta(&params);
+    let (params, momenta) = initial_state(o);
     let settings = SessionSettings {
         threads,
         ..Default::default()
@@ -199,8 +199,7 @@ fn step_session(
 /// The step `o` times, as the trainer chooses it: the fused step session for one replica, the
 /// data-parallel step for more.
 fn engine(o: &StepBenchOptions, threads: usize) -> Result<Engine, TrainError> {
-    let params = initialise(&o.config, Init::Kaiming, 0);
-    let momenta = zero_momenta(&params);
+    let (params, momenta) = initial_state(o);
     let parallel = ParallelOptions {
         devices: vec![Device::Cpu; o.replicas.max(1)],
         accumulate: 1,
@@ -215,6 +214,13 @@ fn engine(o: &StepBenchOptions, threads: usize) -> Result<Engine, TrainError> {
         &parallel,
         None,
     )
+}
+
+/// The parameters both step forms start from (seeded He initialisation) and zero momenta.
+fn initial_state(o: &StepBenchOptions) -> (Vec<NamedTensor>, Vec<NamedTensor>) {
+    let params = initialise(&o.config, Init::Kaiming, 0);
+    let momenta = zero_momenta(&params);
+    (params, momenta)
 }
 
 fn step_options(o: &StepBenchOptions) -> StepOptions {

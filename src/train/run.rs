@@ -650,9 +650,9 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     if !p.loader.drop_last {
         return Err(TrainError::Setup(format!(
             "{} = false: training cannot keep the last, short batch of an epoch (the step graph \
-             is built for one batch size; an image dropped from one epoch most likely falls in a full batch \
-             of the next, whose order is shuffled anew); remove the key or set it to true (it \
-             applies to training only)",
+             is built for one batch size; an image dropped from one epoch most likely falls \
+             in a full batch of the next, whose order is shuffled anew); remove the key or set \
+             it to true (it applies to training only)",
             p.at_key("loader.drop_last")
         )));
     }

@@ -16,9 +16,9 @@
 //!   first maximum picked by `ArgMax` (PyTorch's choice on ties, on both providers), and dY
 //!   routed there by one `ScatterElements` per plane into zeros (no MaxUnpool, which the CUDA
 //!   provider lacks). A pool that also outputs `Indices` is differentiated by one scatter at
-//!   those indices instead (ONNX Runtime's CPU pool takes a window's first maximum in row-major order; its
-//!   CUDA pool scans a window column by column, so a tie between the two off-diagonal
-//!   positions goes to the lower-left one there).
+//!   those indices instead (ONNX Runtime's CPU pool takes a window's first maximum in
+//!   row-major order; its CUDA pool scans a window column by column, so a tie between the two
+//!   off-diagonal positions goes to the lower-left one there).
 //! - LRN: the closed form, the channel-window sum written as a padded sum of shifted slices.
 //! - Gemm, Flatten/Reshape, Mul, Add, Neg, ReduceSum, ReduceMean (all axes given), LogSoftmax,
 //!   Softmax, Identity.
@@ -412,10 +412,9 @@ fn maxpool_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffErr
     let (zero, one, two, three) = (scalar(g, 0), scalar(g, 1), scalar(g, 2), scalar(g, 3));
     let sx = g.op("Shape", &[x], &[]);
     let width = g.op("Gather", &[&sx, &three], &[]);
-    let height = g.op("Gather", &[&sx, &two], &[]);
     let (h, w) = (
-        g.op("Div", &[&height, &two], &[]),
-        g.op("Div", &[&width, &two], &[]),
+        g.op("Gather", &[&sy, &two], &[]),
+        g.op("Gather", &[&sy, &three], &[]),
     );
     let two_w = g.op("Mul", &[&width, &two], &[]);
     let rows = g.op("Range", &[&zero, &h, &one], &[]);
@@ -437,8 +436,8 @@ fn maxpool_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffErr
     let (starts, ends) = (g.ints(&[0, 0, 0, 0]), g.ints(&[1, 1, 1, 1]));
     let one_dy = g.op("Slice", &[dy, &starts, &ends], &[]);
     let nought = g.scalar(0.0);
-    let zero = g.op("Mul", &[&one_dy, &nought], &[]);
-    let zeros = g.op("Expand", &[&zero, &sx], &[]);
+    let zero_dy = g.op("Mul", &[&one_dy, &nought], &[]);
+    let zeros = g.op("Expand", &[&zero_dy, &sx], &[]);
     let per_plane = [("axis", Attr::Int(2))];
     let (z, i, u) = (
         g.op("Flatten", &[&zeros], &per_plane),
