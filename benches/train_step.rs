@@ -5,25 +5,26 @@
 //! (`benches/peers/torch_train_step.py`) in the same run and reports the ratio.
 //!
 //! Options: `--steps N` (20), `--batch N` (32), `--threads 1,2`, `--config NAME` (A),
-//! `--width W` (0.125), `--input S` (64), `--classes C` (10), `--rounds R` (1), `--replicas N` (1),
+//! `--width W` (0.125), `--input S` (64), `--classes C` (10), `--rounds R` (1), `--replicas N|auto` (auto),
 //! `--profile-steps N` (5), `--peer PYTHON`, `--json`. Defaults: the demo network of
 //! `pipelines/demo.toml`.
 
 use vgg::bench::step::{step_bench, Peer, StepBenchOptions};
 use vgg::config::model::VggConfig;
+use vgg::train::parallel::Replicas;
 use vgg::util::progress::Cancel;
 
 fn usage(msg: &str) -> ! {
     eprintln!(
         "train_step: {msg}\noptions: --steps N --batch N --threads 1,2 --config NAME --width W \
-         --input S --classes C --rounds R --replicas N --profile-steps N --peer PYTHON --json"
+         --input S --classes C --rounds R --replicas N|auto --profile-steps N --peer PYTHON --json"
     );
     std::process::exit(2)
 }
 
 fn main() {
     let (mut steps, mut batch, mut rounds, mut profile_steps) = (20, 32, 1, 5);
-    let mut replicas = 1;
+    let mut replicas = Replicas::Auto;
     let mut threads = vec![1, 2];
     let (mut config, mut width, mut input, mut classes) = ("A".to_string(), 0.125, 64i64, 10i64);
     let (mut peer, mut json) = (None, false);
@@ -44,7 +45,7 @@ fn main() {
             "--steps" => steps = num(&v) as usize,
             "--batch" => batch = num(&v) as usize,
             "--rounds" => rounds = num(&v) as usize,
-            "--replicas" => replicas = num(&v) as usize,
+            "--replicas" => replicas = v.parse().unwrap_or_else(|e: String| usage(&e)),
             "--profile-steps" => profile_steps = num(&v) as usize,
             "--threads" => threads = v.split(',').map(|t| num(t) as usize).collect(),
             "--config" => config = v,

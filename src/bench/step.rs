@@ -26,7 +26,7 @@ use crate::net::init::{initialise, zero_momenta};
 use crate::net::session::Device;
 use crate::net::session::{Extras, SessionSettings};
 use crate::train::engine::Engine;
-use crate::train::parallel::ParallelOptions;
+use crate::train::parallel::{ParallelOptions, Replicas};
 use crate::train::step::StepSession;
 use crate::train::TrainError;
 use crate::util::machine::{machine, Machine};
@@ -50,8 +50,9 @@ pub struct StepBenchOptions {
     /// Intra-op thread counts, one row each (for all replicas together).
     pub threads: Vec<usize>,
     /// CPU replicas, each on its share of the batch and of the threads, their gradients summed
-    /// in the host (the data-parallel step `vgg train --replicas N` runs); 1: the fused step.
-    pub replicas: usize,
+    /// in the host (the data-parallel step `vgg train --replicas N` runs); 1: the fused step;
+    /// `auto`: what `vgg train` picks.
+    pub replicas: Replicas,
     /// Timed steps per measurement.
     pub steps: usize,
     /// Profiled steps (after one dropped) for the phase split; 0 skips the profile.
@@ -126,6 +127,8 @@ pub struct PeerFigures {
 #[derive(Debug, Clone, Serialize)]
 pub struct StepBenchRow {
     pub threads: usize,
+    /// 1: the fused step; more: that many CPU replicas (phases are then the fused step's).
+    pub replicas: usize,
     pub vgg: VggFigures,
     pub peer: Option<PeerFigures>,
     /// `vgg.ms_per_step / peer.ms_per_step` (below 1: vgg is faster).
@@ -140,7 +143,7 @@ pub struct StepBenchReport {
     pub parameters: u64,
     pub gflops_per_image_forward: f64,
     pub batch: usize,
-    /// 1: the fused step; more: that many CPU replicas (phases are then the fused step's).
+    /// The first row's replicas.
     pub replicas: usize,
     pub steps: usize,
     pub rounds: usize,
@@ -196,12 +199,17 @@ fn step_session(
     )
 }
 
+/// The replicas `o` times, as `vgg train` picks them.
+fn replicas(o: &StepBenchOptions) -> usize {
+    o.replicas.resolve(&o.config, true, o.batch, 1)
+}
+
 /// The step `o` times, as the trainer chooses it: the fused step session for one replica, the
 /// data-parallel step for more.
 fn engine(o: &StepBenchOptions, threads: usize) -> Result<Engine, TrainError> {
     let (params, momenta) = initial_state(o);
     let parallel = ParallelOptions {
-        devices: vec![Device::Cpu; o.replicas.max(1)],
+        devices: vec![Device::Cpu; replicas(o)],
         accumulate: 1,
         threads,
     };
@@ -446,6 +454,7 @@ pub fn step_bench(
         });
         rows.push(StepBenchRow {
             threads,
+            replicas: replicas(o),
             ratio: peer.as_ref().map(|p| ms / p.ms_per_step),
             vgg: VggFigures {
                 ms_per_step: ms,
@@ -469,7 +478,7 @@ pub fn step_bench(
         parameters: summary.parameters,
         gflops_per_image_forward: summary.flops as f64 / 1e9,
         batch: o.batch,
-        replicas: o.replicas.max(1),
+        replicas: top.replicas,
         steps: o.steps,
         rounds: o.rounds.max(1),
         vgg_ms_per_step: top.vgg.ms_per_step,

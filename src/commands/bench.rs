@@ -10,7 +10,7 @@ use vgg::bench::step::{step_bench, Peer, StepBenchOptions, StepBenchReport};
 use vgg::bench::{self, LoaderReport, LoaderRow, TrainBenchReport};
 use vgg::config::model::VggConfig;
 use vgg::net::session::Devices;
-use vgg::train::parallel::ParallelOptions;
+use vgg::train::parallel::{ParallelOptions, Replicas};
 use vgg::util::machine::{machine, Machine};
 
 use super::progress::CANCEL;
@@ -28,9 +28,9 @@ enum BenchCommand {
     /// Training throughput: the whole loop (loader + step) and, in the same run, the step alone
     /// and the loader alone, so you see which one limits.
     ///
-    /// With --replicas or --accumulate, the step is the data-parallel one, timed beside the
-    /// fused step of one replica (same run, same batch) and with the share of its time spent
-    /// summing gradients.
+    /// With several replicas (what `vgg train` picks, or --replicas) or --accumulate, the
+    /// step is the data-parallel one, timed beside the fused step of one replica (same run,
+    /// same batch) and with the share of its time spent summing gradients.
     ///
     /// JSON keys: loop_images_per_sec, step_images_per_sec, loader_images_per_sec, limited_by,
     /// efficiency, batch, steps, config, replicas, accumulate, reduce_share,
@@ -47,9 +47,9 @@ enum BenchCommand {
         /// cpu, cuda, cuda:N or cuda:0,1,... (as for `vgg train`).
         #[arg(long, default_value = "cpu", value_name = "DEVICE")]
         device: Devices,
-        /// Data-parallel replicas (as for `vgg train`).
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        replicas: usize,
+        /// Data-parallel replicas, a count or auto (as for `vgg train`).
+        #[arg(long, default_value = "auto", value_name = "N|auto")]
+        replicas: Replicas,
         /// Micro-batches per replica and step (default: the pipeline's [training] accumulate).
         #[arg(long, value_name = "K")]
         accumulate: Option<usize>,
@@ -98,8 +98,10 @@ enum BenchCommand {
         rounds: u64,
         /// Time the data-parallel step of N CPU replicas (as `vgg train --replicas N`), each
         /// on its share of the batch and of the threads; the phases stay the fused step's.
-        #[arg(long, default_value_t = 1, value_name = "N")]
-        replicas: usize,
+        /// auto: what `vgg train` picks (two for networks up to 16 M parameters whose batch
+        /// splits in two); 1: the fused step.
+        #[arg(long, default_value = "auto", value_name = "N|auto")]
+        replicas: Replicas,
         /// Profiled steps for the phase split (0: no profile).
         #[arg(long, default_value_t = 5, value_name = "K")]
         profile_steps: usize,
@@ -148,9 +150,10 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         } => {
             let d = c.pipeline_data(pipeline, dataset.as_deref())?;
             let (p, name, split) = (&d.pipeline, d.dataset.as_str(), d.train.clone());
+            let accumulate = accumulate.unwrap_or(p.training.accumulate);
             let parallel = ParallelOptions {
-                devices: device.replicas(*replicas).map_err(anyhow::Error::msg)?,
-                accumulate: accumulate.unwrap_or(p.training.accumulate),
+                devices: super::replica_devices(device, *replicas, p, accumulate)?,
+                accumulate,
                 threads: *threads,
             };
             let r = bench::train_bench(p, split, &parallel, *steps as usize, &CANCEL)?;
@@ -297,22 +300,17 @@ fn print_train(r: &TrainBenchReport, dataset: &str, parallel: &ParallelOptions) 
 fn print_step(r: &StepBenchReport) {
     print_machine(&r.machine);
     println!(
-        "network {} ({:.2} M parameters, {:.3} GFLOP/image forward), batch {}{}, {} timed steps x {} round(s)",
+        "network {} ({:.2} M parameters, {:.3} GFLOP/image forward), batch {}, {} timed steps x {} round(s)",
         r.network,
         r.parameters as f64 / 1e6,
         r.gflops_per_image_forward,
         r.batch,
-        if r.replicas > 1 {
-            format!(" over {} CPU replicas", r.replicas)
-        } else {
-            String::new()
-        },
         r.steps,
         r.rounds
     );
     println!(
-        "{:>7} {:>12} {:>12} {:>8}   phases fwd / bwd / update (+other), ms",
-        "threads", "vgg ms/step", "peer ms/step", "ratio"
+        "{:>7} {:>8} {:>12} {:>12} {:>8}   phases fwd / bwd / update (+other), ms",
+        "threads", "replicas", "vgg ms/step", "peer ms/step", "ratio"
     );
     for row in &r.rows {
         let p = &row.vgg.phases;
@@ -329,16 +327,22 @@ fn print_step(r: &StepBenchReport) {
                 q.forward_ms, q.backward_ms, q.update_ms
             )
         });
+        // The phases are the fused step's profile (none with --profile-steps 0).
+        let phases = if row.vgg.profiled_run_ms > 0.0 {
+            format!(
+                "{}{:.1} / {:.1} / {:.1} (+{:.1})",
+                if row.replicas > 1 { "fused " } else { "" },
+                p.forward_ms,
+                p.backward_ms,
+                p.update_ms,
+                p.other_ms
+            )
+        } else {
+            "-".into()
+        };
         println!(
-            "{:>7} {:>12.1} {:>12} {:>8}   vgg {:.1} / {:.1} / {:.1} (+{:.1}){peer_phases}",
-            row.threads,
-            row.vgg.ms_per_step,
-            peer,
-            ratio,
-            p.forward_ms,
-            p.backward_ms,
-            p.update_ms,
-            p.other_ms
+            "{:>7} {:>8} {:>12.1} {:>12} {:>8}   vgg {phases}{peer_phases}",
+            row.threads, row.replicas, row.vgg.ms_per_step, peer, ratio,
         );
     }
     if let Some(row) = r.rows.first() {

@@ -36,6 +36,8 @@ use vgg::config::registry::{DatasetSpec, Registry};
 use vgg::data::manifest::ManifestError;
 use vgg::data::source::Split;
 use vgg::data::store::{PreparedSplit, StoreError};
+use vgg::net::session::{Device, Devices};
+use vgg::train::parallel::Replicas;
 
 use progress::Bars;
 
@@ -234,6 +236,27 @@ pub fn network(arg: &str) -> Result<(VggConfig, Option<Pipeline>)> {
 }
 
 /// Prints `value` as pretty JSON on stdout (the `--json` output of every command).
+/// The devices of a run's `--replicas` on `device` for pipeline `p` with `accumulate`
+/// micro-batches per replica ([`Replicas::resolve`]: `auto` gives small networks two CPU
+/// replicas).
+pub fn replica_devices(
+    device: &Devices,
+    replicas: Replicas,
+    p: &Pipeline,
+    accumulate: usize,
+) -> Result<Vec<Device>> {
+    let n = match &p.model {
+        Some(config) => replicas.resolve(
+            config,
+            device.list == [Device::Cpu],
+            p.loader.batch_size,
+            accumulate,
+        ),
+        None => 1,
+    };
+    device.replicas(n).map_err(anyhow::Error::msg)
+}
+
 pub fn print_json(value: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

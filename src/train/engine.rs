@@ -1,7 +1,8 @@
 //! The step a run uses, chosen once: the fused step graph ([`super::step`]) for one replica
-//! without accumulation in one process (the fastest form), the gradient and update graphs
-//! ([`super::parallel`]) for replicas, micro-batches or several processes. The trainer and the
-//! benchmarks drive both through this one type.
+//! without accumulation in one process (one session: the fastest form on one core or a GPU),
+//! the gradient and update graphs ([`super::parallel`]) for replicas (which `auto` gives small
+//! networks on the CPU), micro-batches or several processes. The trainer and the benchmarks
+//! drive both through this one type.
 
 use super::parallel::{CrossProcess, ParallelOptions, ParallelStep};
 use super::step::{StepResult, StepSession};

@@ -8,14 +8,18 @@
 //! Per replica: a gradient session (the gradient graph of one micro-batch; with K > 1 it adds
 //! into a running sum on the device, two sums alternating as in the step's parameter sets),
 //! and an update session (the update graph), over two parameter-and-momentum sets like
-//! [`super::step::StepSession`]. Which images a replica gets: the process's batch is cut into
-//! `replicas x K` consecutive micro-batches, replica `r` taking micro-batches `r*K..(r+1)*K`.
+//! [`super::step::StepSession`]. CPU replicas share one memory: all read the first replica's
+//! sets, and it alone updates them (one copy of the state, one update per step); they run
+//! side by side on at most the run's thread count, taking turns when it is lower.
+//!
+//! Which images a replica gets: the process's batch is cut into `replicas x K` consecutive
+//! micro-batches, replica `r` taking micro-batches `r*K..(r+1)*K`.
 //! Each image's augmentation and dropout mask derive from its record index, so the global batch
 //! is the same whatever the split, and the device count may change on resume.
 //!
 //! Summation order is fixed, so every replica and process gets the same bits: replicas in
 //! order within a process, then processes in rank order ([`crate::dist`]'s all-reduce). CPU
-//! replicas sum in host memory (into replica 0's buffer, which every update then reads); CUDA
+//! replicas sum in host memory (into replica 0's buffer, which its update then reads); CUDA
 //! replicas on one device sum through the host; CUDA replicas on distinct devices (in this
 //! process and in the others) use NCCL: the gradients are summed in place in the buffers the
 //! gradient session wrote, on the stream ONNX Runtime computes on (handed to its CUDA provider
@@ -82,14 +86,94 @@ pub struct ParallelOptions {
     pub threads: usize,
 }
 
+/// Networks up to this many parameters get [`AUTO_CPU_REPLICAS`] from [`Replicas::Auto`]:
+/// each CPU replica holds its own gradients and sessions, and the host sums them every step,
+/// which costs little for small networks and more than it gains for large ones, whose big
+/// operators ONNX Runtime's threads split well (VGG-16 at a batch of 4 on two cores: 5.3 s
+/// per step against 4.8-5.2 s fused, 8.1 GB resident against 4.6 GB).
+pub const AUTO_CPU_REPLICAS_MAX_PARAMETERS: u64 = 16_000_000;
+
+/// The CPU replicas [`Replicas::Auto`] gives a small network, whatever the machine: two
+/// one-thread replicas on two cores run the demo network's step 1.6-1.8x faster than one
+/// two-thread fused step (ONNX Runtime's intra-op threads barely split its small operators),
+/// and with one thread they take turns as fast as the fused step (0.90-1.15x in five paired
+/// runs, median 1.01); four were no faster than two on two cores (more cores were not at
+/// hand). A count fixed by the run, not by the machine, keeps the results the same bits at
+/// every thread count and core count.
+pub const AUTO_CPU_REPLICAS: usize = 2;
+
+/// How many data-parallel replicas a process runs: a count, or `auto`, which on the CPU gives
+/// small networks [`AUTO_CPU_REPLICAS`] and other runs one. One replica runs the fused step;
+/// a split step equals it to float rounding (its bits depend on the replica count, never on
+/// the thread count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    Auto,
+    Count(usize),
+}
+
+impl std::str::FromStr for Replicas {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == "auto" {
+            return Ok(Replicas::Auto);
+        }
+        match s.parse::<usize>() {
+            Ok(n) if n > 0 => Ok(Replicas::Count(n)),
+            _ => Err(format!(
+                "`{s}`: give a replica count of at least 1, or auto"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Replicas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Replicas::Auto => f.write_str("auto"),
+            Replicas::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Replicas {
+    /// The replica count for `config` at a per-process `batch` split into `accumulate`
+    /// micro-batches per replica. `Auto` is [`AUTO_CPU_REPLICAS`] on the CPU for a network of
+    /// at most [`AUTO_CPU_REPLICAS_MAX_PARAMETERS`] whose batch they split evenly, and 1
+    /// otherwise.
+    pub fn resolve(
+        self,
+        config: &VggConfig,
+        on_cpu: bool,
+        batch: usize,
+        accumulate: usize,
+    ) -> usize {
+        match self {
+            Replicas::Count(n) => n,
+            Replicas::Auto => {
+                let small = config.summary().parameters <= AUTO_CPU_REPLICAS_MAX_PARAMETERS;
+                let splits = batch.is_multiple_of(AUTO_CPU_REPLICAS * accumulate.max(1));
+                if on_cpu && small && splits {
+                    AUTO_CPU_REPLICAS
+                } else {
+                    1
+                }
+            }
+        }
+    }
+}
+
 struct Replica {
     device: Device,
     grad: Session,
-    update: Session,
+    /// The update session and its bindings (`[p]` reads set `p`, writes set `1 - p`); none for
+    /// a CPU replica after the first, which reads the first one's sets and leaves the update
+    /// to it (one host memory: one copy of the state, one update per step).
+    update: Option<(Session, [IoBinding; 2])>,
     /// `grad_bindings[p * sums + a]`: reads parameter set `p` (and running sum `a`).
     grad_bindings: Vec<IoBinding>,
-    /// `update_bindings[p]`: reads set `p`, writes set `1 - p`.
-    update_bindings: [IoBinding; 2],
+    /// Parameters and momenta, twice; empty when the first replica's are read.
     sets: [Vec<Tensor<f32>>; 2],
     /// One gradient set, or two alternating running sums when accumulating.
     grads: Vec<Vec<Tensor<f32>>>,
@@ -116,6 +200,9 @@ pub struct ParallelStep {
     staging: Vec<Vec<f32>>,
     /// One communicator per replica when the replicas are distinct CUDA devices.
     nccl: Vec<Nccl>,
+    /// Replicas that run at once: all of them, except that CPU replicas never run on more
+    /// threads than the run was given (two replicas with one thread run one after the other).
+    concurrent: usize,
     /// Seconds spent summing gradients (local and across processes) since creation.
     pub reduce_seconds: f64,
 }
@@ -163,6 +250,12 @@ impl ParallelStep {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         };
         let per_cpu = (threads / cpu_replicas.max(1)).max(1);
+        let concurrent = if cpu_replicas > 0 {
+            threads.clamp(1, r)
+        } else {
+            r
+        };
+        let all_cpu = cpu_replicas == r;
         let crop = config.input as usize;
         let sums = if k > 1 { 2 } else { 1 };
         let shapes: Vec<Vec<usize>> = params.iter().map(|t| t.shape.clone()).collect();
@@ -186,10 +279,20 @@ impl ParallelStep {
                 no_spinning: true,
                 ..extras
             };
+            let shares = all_cpu && i > 0;
             let grad = session::build_with(&grad_graph, &settings, &grad_extras)?;
-            let update = session::build_with(&update_graph, &settings, &update_extras)?;
             let alloc = device_allocator(&grad, device)?;
-            let sets = state_sets(&alloc, params, momenta, device)?;
+            let b = |s: &Session| s.create_binding().map_err(ort_err("binding"));
+            let (update, sets) = if shares {
+                (None, Default::default())
+            } else {
+                let u = session::build_with(&update_graph, &settings, &update_extras)?;
+                let bindings = [b(&u)?, b(&u)?];
+                (
+                    Some((u, bindings)),
+                    state_sets(&alloc, params, momenta, device)?,
+                )
+            };
             let mut grads = Vec::with_capacity(sums);
             for _ in 0..sums {
                 let mut set = allocate(&alloc, &shapes)?;
@@ -199,11 +302,9 @@ impl ParallelStep {
                 }
                 grads.push(set);
             }
-            let b = |s: &Session| s.create_binding().map_err(ort_err("binding"));
             replicas.push(Replica {
                 device,
                 grad_bindings: (0..2 * sums).map(|_| b(&grad)).collect::<Result<_, _>>()?,
-                update_bindings: [b(&update)?, b(&update)?],
                 grad,
                 update,
                 sets,
@@ -234,6 +335,7 @@ impl ParallelStep {
             staging,
             nccl,
             reduce_seconds: 0.0,
+            concurrent,
         };
         me.bind()?;
         Ok(me)
@@ -245,61 +347,39 @@ impl ParallelStep {
         let e = ort_err("bind");
         let sums = self.replicas[0].grads.len();
         let last = self.last;
-        let all_cpu = self.replicas.iter().all(|r| r.device == Device::Cpu);
-        // CPU replicas all update from replica 0's final sum (the host reduction writes there).
         let (first, rest) = self.replicas.split_at_mut(1);
-        let shared = &first[0].grads[last];
-        for rep in rest.iter_mut() {
-            if all_cpu {
-                for binding in &mut rep.update_bindings {
-                    for (name, t) in names.iter().zip(shared) {
-                        binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
-                    }
-                }
-            }
-        }
-        for (i, rep) in self.replicas.iter_mut().enumerate() {
+        let first = &mut first[0];
+        for rep in std::iter::once(&mut *first).chain(rest.iter_mut()) {
             let Replica {
                 grad_bindings,
-                update_bindings,
+                update,
                 sets,
                 grads,
                 outputs,
                 ..
             } = rep;
-            for p in 0..2 {
-                for a in 0..sums {
-                    let binding = &mut grad_bindings[p * sums + a];
-                    for (name, t) in names.iter().zip(&sets[p]) {
-                        binding.bind_input(name.as_str(), t).map_err(&e)?;
-                    }
-                    let (read, write) = if sums == 1 {
-                        (None, 0)
-                    } else {
-                        (Some(a), 1 - a)
-                    };
-                    if let Some(read) = read {
-                        for (name, t) in names.iter().zip(&grads[read]) {
-                            binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
-                        }
-                    }
-                    for (name, t) in names.iter().zip(grads[write].iter_mut()) {
-                        binding
-                            .bind_output(format!("{name}{GRAD}{NEXT}"), t)
-                            .map_err(&e)?;
-                    }
-                    outputs.bind(binding)?;
-                }
-            }
+            let Some((_, update_bindings)) = update else {
+                continue; // bound below, to the first replica's sets
+            };
+            bind_gradients(grad_bindings, sets, grads, outputs, &names, sums)?;
+            // Each update reads its replica's final sum (on the CPU, replica 0's holds the
+            // total: the host reduction writes there).
             let grads = &*grads;
             bind_alternating(update_bindings, sets, &state, |_, binding| {
-                if i == 0 || !all_cpu {
-                    for (name, t) in names.iter().zip(&grads[last]) {
-                        binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
-                    }
+                for (name, t) in names.iter().zip(&grads[last]) {
+                    binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
                 }
                 Ok(())
             })?;
+        }
+        for rep in rest.iter_mut().filter(|r| r.update.is_none()) {
+            let Replica {
+                grad_bindings,
+                grads,
+                outputs,
+                ..
+            } = rep;
+            bind_gradients(grad_bindings, &first.sets, grads, outputs, &names, sums)?;
         }
         Ok(())
     }
@@ -343,21 +423,8 @@ impl ParallelStep {
         let (k, micro, dropout) = (self.k, self.micro, self.dropout);
         let sums = self.replicas[0].grads.len();
         // Gradients, replicas in parallel, micro-batches one after the other.
-        let results: Vec<Result<(f64, i64, i64), TrainError>> = std::thread::scope(|s| {
-            let mut handles = Vec::new();
-            let mut reps = self.replicas.iter_mut().enumerate();
-            let (_, first) = reps.next().expect("at least one replica");
-            for (i, rep) in reps {
-                handles
-                    .push(s.spawn(move || rep.gradients(batch, i, k, micro, sums, seed, dropout)));
-            }
-            let mut out = vec![first.gradients(batch, 0, k, micro, sums, seed, dropout)];
-            out.extend(
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("replica thread")),
-            );
-            out
+        let results = each_replica(&mut self.replicas, self.concurrent, |i, rep| {
+            rep.gradients(batch, i, k, micro, sums, seed, dropout)
         });
         let mut totals = [0f64, 0.0, 0.0, if stop { 1.0 } else { 0.0 }];
         for r in results {
@@ -375,16 +442,8 @@ impl ParallelStep {
         }
         self.reduce_seconds += started.elapsed().as_secs_f64();
         let parts = (world * self.replicas.len() * k) as f32;
-        let updates: Vec<Result<(), TrainError>> = std::thread::scope(|s| {
-            let handles: Vec<_> = self
-                .replicas
-                .iter_mut()
-                .map(|rep| s.spawn(move || rep.apply(lr, 1.0 / parts)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("replica thread"))
-                .collect()
+        let updates = each_replica(&mut self.replicas, self.concurrent, |_, rep| {
+            rep.apply(lr, 1.0 / parts)
         });
         for u in updates {
             u?;
@@ -483,7 +542,12 @@ impl ParallelStep {
         for r in &self.replicas {
             let mut h = 0u32;
             let mut buf = Vec::new();
-            for t in &r.sets[r.current] {
+            let sets = if r.update.is_some() {
+                &r.sets
+            } else {
+                &self.replicas[0].sets
+            };
+            for t in &sets[r.current] {
                 buf.resize(t.shape().iter().product::<i64>() as usize, 0.0);
                 download_into(t, &mut buf, r.device)?;
                 h = crc32c::crc32c_append(h, bytemuck::cast_slice(&buf));
@@ -497,6 +561,70 @@ impl ParallelStep {
     pub fn crop(&self) -> usize {
         self.crop
     }
+}
+
+/// Binds a replica's gradient runs: `grad_bindings[p * sums + a]` reads parameter set
+/// `sets[p]` (and running sum `a`) and writes the next sum.
+fn bind_gradients(
+    grad_bindings: &mut [IoBinding],
+    sets: &[Vec<Tensor<f32>>; 2],
+    grads: &mut [Vec<Tensor<f32>>],
+    outputs: &mut LossOutputs,
+    names: &[String],
+    sums: usize,
+) -> Result<(), TrainError> {
+    let e = ort_err("bind");
+    for p in 0..2 {
+        for a in 0..sums {
+            let binding = &mut grad_bindings[p * sums + a];
+            for (name, t) in names.iter().zip(&sets[p]) {
+                binding.bind_input(name.as_str(), t).map_err(&e)?;
+            }
+            let write = if sums == 1 {
+                0
+            } else {
+                for (name, t) in names.iter().zip(&grads[a]) {
+                    binding.bind_input(format!("{name}{GRAD}"), t).map_err(&e)?;
+                }
+                1 - a
+            };
+            for (name, t) in names.iter().zip(grads[write].iter_mut()) {
+                binding
+                    .bind_output(format!("{name}{GRAD}{NEXT}"), t)
+                    .map_err(&e)?;
+            }
+            outputs.bind(binding)?;
+        }
+    }
+    Ok(())
+}
+
+/// `f(index, replica)` for every replica, at most `limit` at once (the first of each group on
+/// the calling thread), the results in replica order.
+fn each_replica<T: Send>(
+    replicas: &mut [Replica],
+    limit: usize,
+    f: impl Fn(usize, &mut Replica) -> T + Sync,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(replicas.len());
+    for (g, group) in replicas.chunks_mut(limit.max(1)).enumerate() {
+        let base = g * limit.max(1);
+        std::thread::scope(|s| {
+            let f = &f;
+            let mut reps = group.iter_mut().enumerate();
+            let (_, first) = reps.next().expect("a group has a replica");
+            let handles: Vec<_> = reps
+                .map(|(j, rep)| s.spawn(move || f(base + j, rep)))
+                .collect();
+            out.push(f(base, first));
+            out.extend(
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("replica thread")),
+            );
+        });
+    }
+    out
 }
 
 impl Replica {
@@ -535,17 +663,20 @@ impl Replica {
         Ok((loss, t1, t5))
     }
 
-    /// The update from the summed gradients, `scale` making them the batch mean.
+    /// The update from the summed gradients, `scale` making them the batch mean (a replica
+    /// that reads the first one's sets only follows their alternation).
     fn apply(&mut self, lr: f32, scale: f32) -> Result<(), TrainError> {
-        self.lr.extract_tensor_mut().1[0] = lr;
-        self.scale.extract_tensor_mut().1[0] = scale;
-        let binding = &mut self.update_bindings[self.current];
-        let e = ort_err("bind");
-        binding.bind_input("learning_rate", &self.lr).map_err(&e)?;
-        binding.bind_input("grad_scale", &self.scale).map_err(&e)?;
-        self.update
-            .run_binding(binding)
-            .map_err(ort_err("update step"))?;
+        if let Some((update, bindings)) = &mut self.update {
+            self.lr.extract_tensor_mut().1[0] = lr;
+            self.scale.extract_tensor_mut().1[0] = scale;
+            let binding = &mut bindings[self.current];
+            let e = ort_err("bind");
+            binding.bind_input("learning_rate", &self.lr).map_err(&e)?;
+            binding.bind_input("grad_scale", &self.scale).map_err(&e)?;
+            update
+                .run_binding(binding)
+                .map_err(ort_err("update step"))?;
+        }
         self.current = 1 - self.current;
         Ok(())
     }
@@ -595,5 +726,51 @@ fn nccl_for(
             nccl::group_end()?;
             Ok(comms?)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn network(width: f64, input: i64) -> VggConfig {
+        let mut t = toml::Table::new();
+        t.insert("config".into(), "A".into());
+        t.insert("width".into(), width.into());
+        t.insert("classes".into(), 10i64.into());
+        t.insert("input".into(), input.into());
+        VggConfig::from_table(&t).unwrap()
+    }
+
+    #[test]
+    fn replica_counts_parse() {
+        assert_eq!("auto".parse::<Replicas>(), Ok(Replicas::Auto));
+        assert_eq!("3".parse::<Replicas>(), Ok(Replicas::Count(3)));
+        for bad in ["0", "-1", "two", ""] {
+            let e = bad.parse::<Replicas>().unwrap_err();
+            assert!(e.contains("or auto"), "{bad}: {e}");
+        }
+        assert_eq!(Replicas::Auto.to_string(), "auto");
+        assert_eq!(Replicas::Count(4).to_string(), "4");
+    }
+
+    #[test]
+    fn auto_gives_small_networks_on_the_cpu_two_replicas_whatever_the_machine() {
+        let demo = network(0.125, 64);
+        assert_eq!(
+            Replicas::Auto.resolve(&demo, true, 32, 1),
+            AUTO_CPU_REPLICAS
+        );
+        assert_eq!(Replicas::Auto.resolve(&demo, true, 32, 4), 2);
+        // Not on a GPU, nor for a batch the two cannot split evenly.
+        assert_eq!(Replicas::Auto.resolve(&demo, false, 32, 1), 1);
+        assert_eq!(Replicas::Auto.resolve(&demo, true, 33, 1), 1);
+        assert_eq!(Replicas::Auto.resolve(&demo, true, 32, 3), 1);
+        // VGG-A at full width (133 M parameters) keeps the fused step.
+        let full = network(1.0, 224);
+        assert!(full.summary().parameters > AUTO_CPU_REPLICAS_MAX_PARAMETERS);
+        assert_eq!(Replicas::Auto.resolve(&full, true, 32, 1), 1);
+        // A count is taken as given.
+        assert_eq!(Replicas::Count(3).resolve(&full, false, 32, 1), 3);
     }
 }

@@ -299,3 +299,30 @@ fn epochs_are_numbered_from_zero_on_the_console_and_in_metrics() {
         "the state names the next epoch, numbered from 0"
     );
 }
+
+/// `--replicas auto` (the default) gives the small toy network two CPU replicas and says so;
+/// `--replicas 1` runs the fused step without the note; a bad count is refused, naming auto.
+#[test]
+fn auto_replicas_are_announced_and_a_bad_count_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    toy(d);
+    let o = vgg(&["train", "p.toml", "--out", "auto"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(stderr(&o).contains("note: 2 CPU replicas"), "{}", text(&o));
+    let o = vgg(&["train", "p.toml", "--out", "one", "--replicas", "1"], d);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!stderr(&o).contains("CPU replicas"), "{}", text(&o));
+    let step = |run: &str| {
+        let ck =
+            vgg::net::checkpoint::Checkpoint::load(&d.join(run).join("last.safetensors")).unwrap();
+        ck.state.unwrap()["step"].as_u64().unwrap()
+    };
+    assert_eq!(step("auto"), step("one"));
+    for bad in ["0", "two"] {
+        let o = vgg(&["train", "p.toml", "--out", "bad", "--replicas", bad], d);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(stderr(&o).contains("or auto"), "{}", text(&o));
+        assert!(!d.join("bad").exists());
+    }
+}

@@ -150,6 +150,58 @@ fn micro_batches_and_replicas_equal_one_step_on_the_whole_batch() {
     assert!(err.to_string().contains("5 replica"), "{err}");
 }
 
+/// With fewer threads than replicas the CPU replicas take turns instead of running at once
+/// (`--threads 1` uses one core): the same bits as when they run side by side.
+#[test]
+fn cpu_replicas_on_fewer_threads_take_turns_and_give_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dataset(dir.path());
+    let p = pipeline(dir.path(), "");
+    let config = p.model.clone().unwrap();
+    let params = vgg::net::init::initialise(&config, vgg::config::training::Init::Glorot, 3);
+    let momenta = vgg::net::init::zero_momenta(&params);
+    let opts = StepOptions {
+        batch: 8,
+        ..Default::default()
+    };
+    let bs = batches(&p, &data.0, 8, 2);
+    let run = |threads: usize| {
+        let mut step = ParallelStep::new(
+            &config,
+            &opts,
+            0.5,
+            &params,
+            &momenta,
+            &ParallelOptions {
+                devices: vec![Device::Cpu; 2],
+                accumulate: 1,
+                threads,
+            },
+            None,
+        )
+        .unwrap();
+        let losses: Vec<f32> = bs
+            .iter()
+            .map(|b| step.step(b, 0.01, 5).unwrap().loss)
+            .collect();
+        (
+            losses,
+            step.checksums().unwrap(),
+            step.download().unwrap().0,
+        )
+    };
+    let (one, two) = (run(1), run(2));
+    assert!(
+        one.1 == two.1 && one.0 == two.0,
+        "turns {:x?} {:?}, side by side {:x?} {:?}",
+        one.1,
+        one.0,
+        two.1,
+        two.0
+    );
+    assert!(relative_difference(&one.2, &params) > 1e-4, "nothing moved");
+}
+
 #[test]
 fn a_run_stopped_with_two_replicas_resumes_on_one_to_the_uninterrupted_result() {
     let dir = tempfile::tempdir().unwrap();
