@@ -235,10 +235,9 @@ pub fn network(arg: &str) -> Result<(VggConfig, Option<Pipeline>)> {
     Ok((c, Some(p)))
 }
 
-/// Prints `value` as pretty JSON on stdout (the `--json` output of every command).
 /// The devices of a run's `--replicas` on `device` for pipeline `p` with `accumulate`
 /// micro-batches per replica ([`Replicas::resolve`]: `auto` gives small networks two CPU
-/// replicas).
+/// replicas). A count above the batch is refused here (it could not split it).
 pub fn replica_devices(
     device: &Devices,
     replicas: Replicas,
@@ -252,11 +251,20 @@ pub fn replica_devices(
             p.loader.batch_size,
             accumulate,
         ),
-        None => 1,
+        None => match replicas {
+            Replicas::Count(n) => n,
+            Replicas::Auto => 1,
+        },
     };
+    anyhow::ensure!(
+        n <= p.loader.batch_size,
+        "--replicas {n}: more replicas than the {} images of a batch",
+        p.loader.batch_size
+    );
     device.replicas(n).map_err(anyhow::Error::msg)
 }
 
+/// Prints `value` as pretty JSON on stdout (the `--json` output of every command).
 pub fn print_json(value: &impl Serialize) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())

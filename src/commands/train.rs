@@ -61,7 +61,7 @@ pub struct Args {
     /// cores shared among them); with `--device cuda`, GPUs 0..N-1; with `--device cuda:K`,
     /// N replicas on that one GPU (gradients summed through the host). Every global batch is
     /// split evenly over all replicas of all processes. `auto`: two CPU replicas for networks
-    /// up to 16 M parameters whose batch splits in two (their small operators are split
+    /// up to 16 M parameters whose batch splits into 2 x accumulate micro-batches (their small operators are split
     /// poorly by ONNX Runtime's threads; the demo network trains 1.3-1.6x faster on two cores
     /// so, and as fast on one), one replica for larger networks, on GPUs and under a
     /// launcher. The results depend on the replica count (to float rounding: one replica runs
@@ -134,10 +134,17 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         (r, _) => r,
     };
     let devices = super::replica_devices(&device, replicas, &p, p.training.accumulate)?;
-    if replicas == Replicas::Auto && devices.len() > 1 && !c.quiet && !a.json {
+    // A resumed run keeps its count (the trainer says so when it differs).
+    if replicas == Replicas::Auto
+        && device.list == [Device::Cpu]
+        && devices.len() > 1
+        && !a.resume
+        && !c.quiet
+        && !a.json
+    {
         eprintln!(
             "note: {} CPU replicas, each on its share of every batch (--replicas auto for a \
-             network this small; --replicas 1 runs the step as one session)",
+             network this small; --replicas 1 for one)",
             devices.len()
         );
     }
@@ -218,6 +225,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         },
         stop: CANCEL.clone(),
         lr: if a.resume { a.lr } else { None },
+        keep_replicas: replicas == Replicas::Auto && device.list == [Device::Cpu],
         devices,
         group,
         allow_class_mismatch: a.allow_class_mismatch,

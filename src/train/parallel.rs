@@ -121,9 +121,7 @@ impl std::str::FromStr for Replicas {
         }
         match s.parse::<usize>() {
             Ok(n) if n > 0 => Ok(Replicas::Count(n)),
-            _ => Err(format!(
-                "`{s}`: give a replica count of at least 1, or auto"
-            )),
+            _ => Err("give a replica count of at least 1, or auto".into()),
         }
     }
 }
@@ -208,8 +206,9 @@ pub struct ParallelStep {
 }
 
 impl ParallelStep {
-    /// Compiles the gradient and update graphs on every device and uploads `params` and
-    /// `momenta` to each. `opts.batch` is this process's share of the global batch; it must
+    /// Compiles the gradient graph on every device and the update graph, with `params` and
+    /// `momenta` uploaded, on each one that owns a set (every GPU replica; the first CPU
+    /// replica, whose set the other CPU replicas read). `opts.batch` is this process's share of the global batch; it must
     /// split into `devices.len() x accumulate` equal micro-batches.
     pub fn new(
         config: &VggConfig,
@@ -250,12 +249,8 @@ impl ParallelStep {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         };
         let per_cpu = (threads / cpu_replicas.max(1)).max(1);
-        let concurrent = if cpu_replicas > 0 {
-            threads.clamp(1, r)
-        } else {
-            r
-        };
         let all_cpu = cpu_replicas == r;
+        let concurrent = if all_cpu { threads.clamp(1, r) } else { r };
         let crop = config.input as usize;
         let sums = if k > 1 { 2 } else { 1 };
         let shapes: Vec<Vec<usize>> = params.iter().map(|t| t.shape.clone()).collect();
@@ -264,6 +259,15 @@ impl ParallelStep {
             let settings = SessionSettings {
                 device,
                 threads: if device == Device::Cpu { per_cpu } else { 0 },
+            };
+            // The one update of CPU replicas that share a set runs alone: on all the threads.
+            let update_settings = SessionSettings {
+                threads: if all_cpu && r > 1 {
+                    threads
+                } else {
+                    settings.threads
+                },
+                ..settings
             };
             let extras = Extras {
                 cuda_stream: nccl.get(i).map(|c| c.stream_ptr()),
@@ -286,7 +290,7 @@ impl ParallelStep {
             let (update, sets) = if shares {
                 (None, Default::default())
             } else {
-                let u = session::build_with(&update_graph, &settings, &update_extras)?;
+                let u = session::build_with(&update_graph, &update_settings, &update_extras)?;
                 let bindings = [b(&u)?, b(&u)?];
                 (
                     Some((u, bindings)),
@@ -448,6 +452,11 @@ impl ParallelStep {
         for u in updates {
             u?;
         }
+        // Replicas that read the first one's sets follow its alternation, whatever happened.
+        let current = self.replicas[0].current;
+        for rep in self.replicas.iter_mut().filter(|r| r.update.is_none()) {
+            rep.current = current;
+        }
         let images = (world * n) as f64;
         let result = StepResult {
             loss: (totals[0] / images) as f32,
@@ -458,7 +467,7 @@ impl ParallelStep {
     }
 
     /// Sums the replicas' final gradient sums into every replica's (or, on the CPU, into
-    /// replica 0's, which every update reads), then across processes.
+    /// replica 0's, which its update reads), then across processes.
     fn reduce(&mut self) -> Result<(), TrainError> {
         let last = self.last;
         let all_cpu = self.replicas.iter().all(|r| r.device == Device::Cpu);
@@ -663,20 +672,21 @@ impl Replica {
         Ok((loss, t1, t5))
     }
 
-    /// The update from the summed gradients, `scale` making them the batch mean (a replica
-    /// that reads the first one's sets only follows their alternation).
+    /// The update from the summed gradients, `scale` making them the batch mean (nothing for a
+    /// replica that reads the first one's sets: the step sets its alternation after).
     fn apply(&mut self, lr: f32, scale: f32) -> Result<(), TrainError> {
-        if let Some((update, bindings)) = &mut self.update {
-            self.lr.extract_tensor_mut().1[0] = lr;
-            self.scale.extract_tensor_mut().1[0] = scale;
-            let binding = &mut bindings[self.current];
-            let e = ort_err("bind");
-            binding.bind_input("learning_rate", &self.lr).map_err(&e)?;
-            binding.bind_input("grad_scale", &self.scale).map_err(&e)?;
-            update
-                .run_binding(binding)
-                .map_err(ort_err("update step"))?;
-        }
+        let Some((update, bindings)) = &mut self.update else {
+            return Ok(());
+        };
+        self.lr.extract_tensor_mut().1[0] = lr;
+        self.scale.extract_tensor_mut().1[0] = scale;
+        let binding = &mut bindings[self.current];
+        let e = ort_err("bind");
+        binding.bind_input("learning_rate", &self.lr).map_err(&e)?;
+        binding.bind_input("grad_scale", &self.scale).map_err(&e)?;
+        update
+            .run_binding(binding)
+            .map_err(ort_err("update step"))?;
         self.current = 1 - self.current;
         Ok(())
     }

@@ -73,6 +73,10 @@ pub struct TrainState {
     /// train loss and error as an uninterrupted one.
     #[serde(default)]
     pub partial: EpochSums,
+    /// Data-parallel replicas per process when the state was saved (none: saved before the
+    /// count was recorded, when runs on the CPU took one unless told otherwise).
+    #[serde(default)]
+    pub replicas: Option<usize>,
 }
 
 /// Running sums of one epoch's training batches.
@@ -103,6 +107,10 @@ pub struct TrainOptions {
     pub lr: Option<f32>,
     /// One replica per entry in this process; empty: one on `session.device`.
     pub devices: Vec<Device>,
+    /// `devices` came from `--replicas auto`: a resumed CPU run keeps the replica count it ran
+    /// with (one for a run saved before the count was recorded), so that it continues with
+    /// the same arithmetic; the count is a run's, not a machine's.
+    pub keep_replicas: bool,
     /// The other training processes (one per GPU under torchrun or Slurm); `None` alone.
     pub group: Option<Box<dyn CrossProcess>>,
     /// Start from a checkpoint (resume, `init_from`, `finetune_from`) whose stored class list
@@ -317,6 +325,7 @@ fn starting_point_noting(
         partial: EpochSums::default(),
         finished: false,
         pipeline: p.name.clone(),
+        replicas: None,
     };
     Ok((params, momenta, state))
 }
@@ -546,8 +555,9 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), TrainError> {
 /// bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
-    /// Weights and momenta twice (the step's two alternating sets), a gradient per replica and
-    /// the host copy the parameters start from.
+    /// Weights and momenta twice (the step's two alternating sets, which CPU replicas share),
+    /// a gradient per replica (two running sums with accumulation) and the host copy the
+    /// parameters start from.
     pub parameters: u64,
     /// Every layer's output and its gradient, for one micro-batch per replica.
     pub activations: u64,
@@ -575,8 +585,10 @@ impl MemoryEstimate {
             OutputKind::F32Nchw => f32s,
             OutputKind::U8Nhwc => 1,
         };
+        // A gradient set per replica, two running sums with accumulation.
+        let sums = if p.training.accumulate > 1 { 2 } else { 1 };
         MemoryEstimate {
-            parameters: params.saturating_mul(f32s * (5 + replicas)),
+            parameters: params.saturating_mul(f32s * (5 + replicas * sums)),
             activations: outputs.saturating_mul(micro * replicas * f32s * 2),
             loader: (p.loader.prefetch as u64 + 2).saturating_mul(per_process * input * pixel),
         }
@@ -753,11 +765,25 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     // This process's share of every global batch.
     settings.batch_size = batch / world;
     opts.batch = batch / world;
-    let devices = if o.devices.is_empty() {
+    let mut devices = if o.devices.is_empty() {
         vec![o.session.device]
     } else {
         o.devices.clone()
     };
+    if o.resume && o.keep_replicas && devices.iter().all(|d| *d == Device::Cpu) {
+        let saved = state.replicas.unwrap_or(1);
+        let splits = opts
+            .batch
+            .is_multiple_of(saved * p.training.accumulate.max(1));
+        if saved != devices.len() && splits {
+            progress.line(&format!(
+                "note: the run continues on the {saved} CPU replica(s) it ran on (--replicas N \
+                 to change that)"
+            ));
+            devices = vec![Device::Cpu; saved];
+        }
+    }
+    state.replicas = Some(devices.len());
     let mut step = Engine::new(
         &config,
         &opts,

@@ -326,3 +326,43 @@ fn auto_replicas_are_announced_and_a_bad_count_is_refused() {
         assert!(!d.join("bad").exists());
     }
 }
+
+/// A run saved on one replica, resumed under `--replicas auto` (which gives this network two),
+/// continues on one and says so: the bits of the run that went straight through on one.
+#[test]
+fn a_resumed_run_keeps_its_replica_count_under_auto() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    toy(d);
+    let run = |args: &[&str]| {
+        let mut all = vec!["train", "p.toml"];
+        all.extend_from_slice(args);
+        let o = vgg(&all, d);
+        assert!(o.status.success(), "{}", text(&o));
+        text(&o)
+    };
+    run(&[
+        "--out",
+        "straight",
+        "--replicas",
+        "1",
+        "--epochs",
+        "2",
+        "-q",
+    ]);
+    run(&["--out", "resumed", "--replicas", "1", "--epochs", "1", "-q"]);
+    let out = run(&["--out", "resumed", "--resume", "--epochs", "2"]);
+    assert!(
+        out.contains("continues on the 1 CPU replica(s) it ran on"),
+        "{out}"
+    );
+    assert!(!out.contains("note: 2 CPU replicas"), "{out}");
+    let load = |r: &str| {
+        vgg::net::checkpoint::Checkpoint::load(&d.join(r).join("last.safetensors")).unwrap()
+    };
+    let (a, b) = (load("straight"), load("resumed"));
+    assert_eq!(a.state.as_ref().unwrap()["replicas"], 1);
+    for (x, y) in a.params.iter().zip(&b.params) {
+        assert!(x.data == y.data, "{} differs", x.name);
+    }
+}

@@ -151,7 +151,8 @@ fn micro_batches_and_replicas_equal_one_step_on_the_whole_batch() {
 }
 
 /// With fewer threads than replicas the CPU replicas take turns instead of running at once
-/// (`--threads 1` uses one core): the same bits as when they run side by side.
+/// (`--threads 1` uses one core): the same bits as when they run side by side, on one or two
+/// intra-op threads each.
 #[test]
 fn cpu_replicas_on_fewer_threads_take_turns_and_give_the_same_bits() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,15 +191,19 @@ fn cpu_replicas_on_fewer_threads_take_turns_and_give_the_same_bits() {
             step.download().unwrap().0,
         )
     };
-    let (one, two) = (run(1), run(2));
-    assert!(
-        one.1 == two.1 && one.0 == two.0,
-        "turns {:x?} {:?}, side by side {:x?} {:?}",
-        one.1,
-        one.0,
-        two.1,
-        two.0
-    );
+    let one = run(1);
+    // Side by side on one thread each, and on two intra-op threads each.
+    for threads in [2, 4] {
+        let other = run(threads);
+        assert!(
+            one.1 == other.1 && one.0 == other.0,
+            "turns {:x?} {:?}, {threads} threads {:x?} {:?}",
+            one.1,
+            one.0,
+            other.1,
+            other.0
+        );
+    }
     assert!(relative_difference(&one.2, &params) > 1e-4, "nothing moved");
 }
 

@@ -75,6 +75,7 @@ pub(crate) fn options(
         stop: Cancel::new(),
         lr: None,
         devices: Vec::new(),
+        keep_replicas: false,
         group: None,
         allow_class_mismatch: false,
     }
