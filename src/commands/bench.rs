@@ -152,7 +152,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
             let (p, name, split) = (&d.pipeline, d.dataset.as_str(), d.train.clone());
             let accumulate = accumulate.unwrap_or(p.training.accumulate);
             let parallel = ParallelOptions {
-                devices: super::replica_devices(device, *replicas, p, accumulate)?,
+                devices: super::replica_devices(device, *replicas, p, accumulate, 1)?,
                 accumulate,
                 threads: *threads,
             };

@@ -236,30 +236,30 @@ pub fn network(arg: &str) -> Result<(VggConfig, Option<Pipeline>)> {
 }
 
 /// The devices of a run's `--replicas` on `device` for pipeline `p` with `accumulate`
-/// micro-batches per replica ([`Replicas::resolve`]: `auto` gives small networks two CPU
-/// replicas). A count above the batch is refused here (it could not split it).
+/// micro-batches per replica in each of `world` processes ([`Replicas::resolve`]: `auto`
+/// gives small networks two CPU replicas). A count that cannot split the batch is refused
+/// here, before a run directory is touched.
 pub fn replica_devices(
     device: &Devices,
     replicas: Replicas,
     p: &Pipeline,
     accumulate: usize,
+    world: usize,
 ) -> Result<Vec<Device>> {
+    let batch = p.loader.batch_size / world.max(1);
     let n = match &p.model {
-        Some(config) => replicas.resolve(
-            config,
-            device.list == [Device::Cpu],
-            p.loader.batch_size,
-            accumulate,
-        ),
+        Some(config) => replicas.resolve(config, device.list == [Device::Cpu], batch, accumulate),
         None => match replicas {
             Replicas::Count(n) => n,
             Replicas::Auto => 1,
         },
     };
+    let k = accumulate.max(1);
     anyhow::ensure!(
-        n <= p.loader.batch_size,
-        "--replicas {n}: more replicas than the {} images of a batch",
-        p.loader.batch_size
+        n <= batch && batch.is_multiple_of(n * k),
+        "--replicas {n}: a batch of {batch} images{} does not split into {n} replica(s) x {k} \
+         micro-batch(es) of equal size",
+        if world > 1 { " per process" } else { "" }
     );
     device.replicas(n).map_err(anyhow::Error::msg)
 }

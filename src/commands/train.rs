@@ -64,8 +64,9 @@ pub struct Args {
     /// up to 16 M parameters whose batch splits into 2 x accumulate micro-batches (their small operators are split
     /// poorly by ONNX Runtime's threads; the demo network trains 1.3-1.6x faster on two cores
     /// so, and as fast on one), one replica for larger networks, on GPUs and under a
-    /// launcher. The results depend on the replica count (to float rounding: one replica runs
-    /// the fused step, several the split one), never on the thread count.
+    /// launcher; a resumed run keeps the count it ran with. The results depend on the replica
+    /// count (to float rounding: one replica runs the fused step, several the split one), not
+    /// on the thread count.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
     replicas: Replicas,
     /// Micro-batches per replica and step (overrides [training] accumulate): gradients of
@@ -133,7 +134,8 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         (Replicas::Auto, Some(_)) => Replicas::Count(1),
         (r, _) => r,
     };
-    let devices = super::replica_devices(&device, replicas, &p, p.training.accumulate)?;
+    let world = launch.as_ref().map_or(1, |l| l.world);
+    let devices = super::replica_devices(&device, replicas, &p, p.training.accumulate, world)?;
     // A resumed run keeps its count (the trainer says so when it differs).
     if replicas == Replicas::Auto
         && device.list == [Device::Cpu]

@@ -325,6 +325,17 @@ fn auto_replicas_are_announced_and_a_bad_count_is_refused() {
         assert!(stderr(&o).contains("or auto"), "{}", text(&o));
         assert!(!d.join("bad").exists());
     }
+    // A count that cannot split the batch of 2: refused before the run folder is made.
+    for bad in ["3", "18446744073709551615"] {
+        let o = vgg(&["train", "p.toml", "--out", "bad", "--replicas", bad], d);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            stderr(&o).contains("a batch of 2 images does not split into"),
+            "{}",
+            text(&o)
+        );
+        assert!(!d.join("bad").exists());
+    }
 }
 
 /// A run saved on one replica, resumed under `--replicas auto` (which gives this network two),
