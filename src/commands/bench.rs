@@ -99,7 +99,7 @@ enum BenchCommand {
         /// Time the data-parallel step of N CPU replicas (as `vgg train --replicas N`), each
         /// on its share of the batch and of the threads; the phases stay the fused step's.
         /// auto: what `vgg train` picks (two for networks up to 16 M parameters whose batch
-        /// splits in two); 1: the fused step.
+        /// splits into two); 1: the fused step.
         #[arg(long, default_value = "auto", value_name = "N|auto")]
         replicas: Replicas,
         /// Profiled steps for the phase split (0: no profile).

@@ -61,10 +61,10 @@ pub struct Args {
     /// cores shared among them); with `--device cuda`, GPUs 0..N-1; with `--device cuda:K`,
     /// N replicas on that one GPU (gradients summed through the host). Every global batch is
     /// split evenly over all replicas of all processes. `auto`: two CPU replicas for networks
-    /// up to 16 M parameters whose batch splits into 2 x accumulate micro-batches (their small operators are split
-    /// poorly by ONNX Runtime's threads; the demo network trains 1.3-1.6x faster on two cores
-    /// so, and as fast on one), one replica for larger networks, on GPUs and under a
-    /// launcher; a resumed run keeps the count it ran with. The results depend on the replica
+    /// up to 16 M parameters whose batch splits into 2 x accumulate micro-batches (their small
+    /// operators are split poorly by ONNX Runtime's threads; the demo network trains 1.3-1.6x
+    /// faster on two cores so, and as fast on one), one replica for larger networks, on GPUs
+    /// and under a launcher; a resumed run keeps the count it ran with. The results depend on the replica
     /// count (to float rounding: one replica runs the fused step, several the split one), not
     /// on the thread count.
     #[arg(long, value_name = "N|auto", default_value = "auto")]
@@ -136,14 +136,9 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
     };
     let world = launch.as_ref().map_or(1, |l| l.world);
     let devices = super::replica_devices(&device, replicas, &p, p.training.accumulate, world)?;
+    let cpu_auto = replicas == Replicas::Auto && device.list == [Device::Cpu];
     // A resumed run keeps its count (the trainer says so when it differs).
-    if replicas == Replicas::Auto
-        && device.list == [Device::Cpu]
-        && devices.len() > 1
-        && !a.resume
-        && !c.quiet
-        && !a.json
-    {
+    if cpu_auto && devices.len() > 1 && !a.resume && !c.quiet && !a.json {
         eprintln!(
             "note: {} CPU replicas, each on its share of every batch (--replicas auto for a \
              network this small; --replicas 1 for one)",
@@ -227,7 +222,7 @@ pub fn run(c: &Common, a: &Args) -> Result<ExitCode> {
         },
         stop: CANCEL.clone(),
         lr: if a.resume { a.lr } else { None },
-        keep_replicas: replicas == Replicas::Auto && device.list == [Device::Cpu],
+        keep_replicas: cpu_auto,
         devices,
         group,
         allow_class_mismatch: a.allow_class_mismatch,

@@ -446,11 +446,16 @@ impl ParallelStep {
         }
         self.reduce_seconds += started.elapsed().as_secs_f64();
         let parts = (world * self.replicas.len() * k) as f32;
-        let updates = each_replica(&mut self.replicas, self.concurrent, |_, rep| {
-            rep.apply(lr, 1.0 / parts)
-        });
-        for u in updates {
-            u?;
+        // Either every replica owns its set and updates it, or (CPU replicas) the first alone.
+        if self.replicas.iter().all(|r| r.update.is_some()) {
+            let updates = each_replica(&mut self.replicas, self.concurrent, |_, rep| {
+                rep.apply(lr, 1.0 / parts)
+            });
+            for u in updates {
+                u?;
+            }
+        } else {
+            self.replicas[0].apply(lr, 1.0 / parts)?;
         }
         // Replicas that read the first one's sets follow its alternation, whatever happened.
         let current = self.replicas[0].current;
@@ -673,7 +678,7 @@ impl Replica {
     }
 
     /// The update from the summed gradients, `scale` making them the batch mean (nothing for a
-    /// replica that reads the first one's sets: the step sets its alternation after).
+    /// replica that reads the first one's sets, which follows the first one's alternation).
     fn apply(&mut self, lr: f32, scale: f32) -> Result<(), TrainError> {
         let Some((update, bindings)) = &mut self.update else {
             return Ok(());

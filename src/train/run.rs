@@ -772,9 +772,10 @@ pub fn train(mut o: TrainOptions, progress: &dyn Progress) -> Result<TrainSummar
     };
     if o.resume && o.keep_replicas && devices.iter().all(|d| *d == Device::Cpu) {
         let saved = state.replicas.unwrap_or(1);
-        let splits = opts
-            .batch
-            .is_multiple_of(saved * p.training.accumulate.max(1));
+        // A damaged count (0, or one whose product overflows) never splits the batch.
+        let splits = saved
+            .checked_mul(p.training.accumulate.max(1))
+            .is_some_and(|parts| parts > 0 && opts.batch.is_multiple_of(parts));
         if saved != devices.len() && splits {
             progress.line(&format!(
                 "note: the run continues on the {saved} CPU replica(s) it ran on (--replicas N \
