@@ -83,7 +83,8 @@ fn dims(shape: &[i64]) -> Vec<Dim> {
 }
 
 /// Checks the gradient of `sum(f(inputs) * r)` with respect to the inputs named in `wrt`, at
-/// `samples` entries of each, against central differences with step `eps`.
+/// `samples` entries of each, against central differences with step `eps`; returns the
+/// backward graph, for checks of the form a rule took.
 pub fn check(
     what: &str,
     inputs: &[T],
@@ -92,7 +93,7 @@ pub fn check(
     f: impl Fn(&mut Graph, &[String]) -> String,
     eps: f32,
     samples: usize,
-) {
+) -> Graph {
     let settings = SessionSettings {
         threads: 1,
         ..Default::default()
@@ -168,6 +169,11 @@ pub fn check(
             );
         }
     }
+    bwd
+}
+
+fn ops(g: &Graph, op: &str) -> usize {
+    g.nodes.iter().filter(|n| n.op == op).count()
 }
 
 #[test]
@@ -177,7 +183,7 @@ fn conv3x3_padded() {
         T::random("w", &[4, 3, 3, 3], 2, 0.0),
         T::random("b", &[4], 3, 0.0),
     ];
-    check(
+    let bwd = check(
         "conv3x3",
         &inputs,
         &["x", "w", "b"],
@@ -195,6 +201,59 @@ fn conv3x3_padded() {
         1e-2,
         8,
     );
+    assert_eq!(ops(&bwd, "ConvTranspose"), 1, "small planes: ConvTranspose");
+    assert_eq!(
+        ops(&bwd, "Flatten"),
+        9,
+        "a narrow plane: channels-last taps"
+    );
+}
+
+/// Planes large enough (ConvTranspose's column buffer C * kh * kw * H * W floats at 2 MiB or
+/// more per image) that the input gradient is a Conv over the flipped, channel-swapped kernel:
+/// same pads, no pads (flipped pads 2), and a 5x5 kernel.
+#[test]
+fn conv_input_gradient_on_large_planes_is_a_flipped_conv() {
+    for (what, c, side, k, pad) in [
+        ("same", 16, 64, 3, 1),
+        ("valid", 16, 66, 3, 0),
+        ("5x5", 8, 64, 5, 2),
+    ] {
+        let out = side + 2 * pad - k + 1;
+        let inputs = [
+            T::random("x", &[1, c, side, side], 11, 0.0),
+            T::random("w", &[4, c, k, k], 12, 0.0),
+        ];
+        let bwd = check(
+            what,
+            &inputs,
+            &["x", "w"],
+            &[1, 4, out, out],
+            |g, n| {
+                g.op(
+                    "Conv",
+                    &[&n[0], &n[1]],
+                    &[
+                        ("kernel_shape", vec![k, k].into()),
+                        ("pads", vec![pad; 4].into()),
+                    ],
+                )
+            },
+            1e-2,
+            12,
+        );
+        assert_eq!(ops(&bwd, "ConvTranspose"), 0, "{what}: no ConvTranspose");
+        assert_eq!(
+            ops(&bwd, "Conv"),
+            2,
+            "{what}: the forward Conv and the flipped one"
+        );
+        assert_eq!(
+            ops(&bwd, "Flatten"),
+            0,
+            "{what}: a wide plane: [C, N, H, W] taps"
+        );
+    }
 }
 
 #[test]

@@ -7,10 +7,13 @@
 //! operator on such a path is an error naming it, never a silent zero. The formulations
 //! follow what was measured on ONNX Runtime (see the reference notes in the README):
 //!
-//! - Conv: input gradient by `ConvTranspose(dY, W)` with the same pads; weight gradient by
-//!   one `Gemm` per kernel offset between `dY` as `[Cout, N*H*W]` and the matching shifted slice
-//!   of the padded input as `[C, N*H*W]` (the fastest form on CPU, 2-4x the swapped-axes Conv);
-//!   bias gradient by `ReduceSum` over N, H, W.
+//! - Conv: input gradient by `ConvTranspose(dY, W)` with the same pads, or on large planes by
+//!   a Conv of dY over W with its channel axes swapped and its window reversed; weight gradient
+//!   by one `Gemm` per kernel offset between `dY` as `[Cout, N*H*W]` and the matching shifted
+//!   slice of the padded input as `[C, N*H*W]`, or `[N*H*W, C]` on narrow planes (the fastest
+//!   form on CPU, 2-4x the swapped-axes Conv); bias gradient by `ReduceSum` over N, H, W. The
+//!   forms that depend on size need the input's dimensions fixed in the graph (a training
+//!   step's are); otherwise the first ones apply.
 //! - Relu: `Where(Y > 0, dY, 0)`.
 //! - MaxPool 2x2/2: each window is made the last axis (a 6-D view and one `Transpose`), its
 //!   first maximum picked by `ArgMax` (PyTorch's choice on ties, on both providers), and dY
@@ -289,14 +292,7 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
     let (x, w) = (n.inputs[0].as_str(), n.inputs[1].as_str());
     let mut out: Grads = vec![None; n.inputs.len()];
     if need[0] {
-        out[0] = Some(g.op(
-            "ConvTranspose",
-            &[dy, w],
-            &[
-                ("kernel_shape", ks.clone().into()),
-                ("pads", pads.clone().into()),
-            ],
-        ));
+        out[0] = Some(conv_input_gradient(g, x, w, dy, &ks, &pads));
     }
     if need[1] {
         let perm = ("perm", Attr::Ints(vec![1, 0, 2, 3]));
@@ -304,16 +300,31 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
         // dY as [Cout, N*H*W].
         let dyt = g.op("Transpose", &[dy], std::slice::from_ref(&perm));
         let dym = g.op("Reshape", &[&dyt, &rows], &[]);
-        // X as [C, N, H, W], padded once.
-        let xt = g.op("Transpose", &[x], &[perm]);
+        // X padded once, as [C, N, H, W] (the Gemm's B transposed), or on narrow planes as
+        // [N, H, W, C] (B as it is): there a shifted slice copies rows of W * C floats
+        // instead of W, and the Gemm reads B without transposing it.
+        let nhwc = g
+            .static_dims(x)
+            .is_some_and(|d| d.len() == 4 && d[3] <= CHANNELS_LAST_TAPS_UP_TO_WIDTH);
+        let (layout, spatial) = if nhwc {
+            (vec![0, 2, 3, 1], [1, 2])
+        } else {
+            (vec![1, 0, 2, 3], [2, 3])
+        };
+        let xt = g.op("Transpose", &[x], &[("perm", Attr::Ints(layout))]);
         let xp = if pads.iter().any(|&p| p != 0) {
-            let p = g.ints(&[0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]);
+            let mut p = vec![0; 8];
+            for (k, &axis) in spatial.iter().enumerate() {
+                p[axis] = pads[k];
+                p[4 + axis] = pads[2 + k];
+            }
+            let p = g.ints(&p);
             g.op("Pad", &[&xt, &p], &[])
         } else {
             xt
         };
         let (kh, kw) = (ks[0], ks[1]);
-        let axes = g.ints(&[2, 3]);
+        let axes = g.ints(&spatial.map(|a| a as i64));
         let mut taps = Vec::new();
         for i in 0..kh {
             for j in 0..kw {
@@ -324,9 +335,14 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
                     let e = g.ints(&[end_before(kh - 1 - i), end_before(kw - 1 - j)]);
                     g.op("Slice", &[&xp, &s, &e, &axes], &[])
                 };
-                let m = g.op("Reshape", &[&shifted, &rows], &[]);
                 // [Cout, C] for this kernel offset.
-                taps.push(g.op("Gemm", &[&dym, &m], &[("transB", 1i64.into())]));
+                taps.push(if nhwc {
+                    let m = g.op("Flatten", &[&shifted], &[("axis", 3i64.into())]);
+                    g.op("Gemm", &[&dym, &m], &[])
+                } else {
+                    let m = g.op("Reshape", &[&shifted, &rows], &[]);
+                    g.op("Gemm", &[&dym, &m], &[("transB", 1i64.into())])
+                });
             }
         }
         let wshape = g.op("Shape", &[w], &[]);
@@ -348,6 +364,70 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
         out[2] = Some(g.op("ReduceSum", &[dy, &axes], &[("keepdims", 0i64.into())]));
     }
     Ok(out)
+}
+
+/// Planes at most this wide get the convolution weight gradient's shifted slices of X in
+/// [N, H, W, C] order rather than [C, N, H, W]. Measured per layer (nine slices and Gemms, one
+/// thread, the same results bit for bit): 0.45-0.85x the time at widths 4-16, 1.0-1.1x at
+/// 32-224, where rows of W floats already copy fast and the channels-last Transpose of a large
+/// plane costs more than the plane-by-plane one.
+const CHANNELS_LAST_TAPS_UP_TO_WIDTH: i64 = 16;
+
+/// From this size of ConvTranspose's column buffer (C * kh * kw * H * W floats per image) on,
+/// a convolution's input gradient is a Conv over the flipped kernel instead. ConvTranspose
+/// multiplies into that buffer and scatters it back (col2im), which runs out of cache on
+/// large planes: per layer, a Conv over the flipped kernel took 0.6-0.9x its time from about
+/// 2 MiB up (VGG-16's layers: 3.4-110 MiB) and 1.0-1.5x below 1.2 MiB (the small networks'
+/// layers, where the Conv's layout reorders cost what it saves).
+const FLIPPED_CONV_FROM_BYTES: i64 = 2 << 20;
+
+/// dL/dX of a stride-1 convolution: `ConvTranspose(dY, W)` with the forward pads, or, for a
+/// large enough input of known size, the same correlation as an ordinary Conv of dY with W's
+/// channel axes swapped and its window reversed (pads k - 1 - p), which ONNX Runtime runs
+/// with the blocked kernels of its forward convolutions.
+fn conv_input_gradient(
+    g: &mut Graph,
+    x: &str,
+    w: &str,
+    dy: &str,
+    ks: &[i64],
+    pads: &[i64],
+) -> String {
+    let column_bytes = g.static_dims(x).filter(|d| d.len() == 4).map(|d| {
+        d[1].saturating_mul(ks[0] * ks[1] * 4)
+            .saturating_mul(d[2])
+            .saturating_mul(d[3])
+    });
+    let flipped_pads: Vec<i64> = pads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| ks[i % 2] - 1 - p)
+        .collect();
+    if column_bytes.is_none_or(|b| b < FLIPPED_CONV_FROM_BYTES)
+        || flipped_pads.len() != 4
+        || flipped_pads.iter().any(|&p| p < 0)
+    {
+        return g.op(
+            "ConvTranspose",
+            &[dy, w],
+            &[
+                ("kernel_shape", ks.to_vec().into()),
+                ("pads", pads.to_vec().into()),
+            ],
+        );
+    }
+    let swapped = g.op("Transpose", &[w], &[("perm", Attr::Ints(vec![1, 0, 2, 3]))]);
+    let (starts, ends) = (g.ints(&[-1, -1]), g.ints(&[i64::MIN, i64::MIN]));
+    let (axes, steps) = (g.ints(&[2, 3]), g.ints(&[-1, -1]));
+    let flipped = g.op("Slice", &[&swapped, &starts, &ends, &axes, &steps], &[]);
+    g.op(
+        "Conv",
+        &[dy, &flipped],
+        &[
+            ("kernel_shape", ks.to_vec().into()),
+            ("pads", flipped_pads.into()),
+        ],
+    )
 }
 
 fn maxpool_rule(g: &mut Graph, n: &Node, dy: &str) -> Result<String, AutodiffError> {

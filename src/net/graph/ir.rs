@@ -264,6 +264,119 @@ impl Graph {
             .find(|n| n.outputs.iter().any(|o| o == tensor))
     }
 
+    /// The node that writes `tensor`, if a node does.
+    pub fn producer(&self, tensor: &str) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.outputs.iter().any(|o| o == tensor))
+    }
+
+    /// The dimensions of `tensor` where they follow from fixed input and constant dimensions
+    /// through the operators of a VGG forward pass (Conv, MaxPool, Relu, LRN, Cast, Transpose,
+    /// Unsqueeze, broadcasting arithmetic), so a gradient rule can pick its form by size; `None`
+    /// where any dimension on the way is symbolic or an operator is not one of those.
+    pub fn static_dims(&self, tensor: &str) -> Option<Vec<i64>> {
+        if let Some(i) = self.initializers.iter().find(|i| i.name == tensor) {
+            return Some(i.dims.clone());
+        }
+        if let Some(input) = self.inputs.iter().find(|i| i.name == tensor) {
+            return input
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(v) => Some(*v),
+                    Dim::Named(_) => None,
+                })
+                .collect();
+        }
+        let n = self.producer(tensor)?;
+        if n.outputs.first().map(|o| o.as_str()) != Some(tensor) {
+            return None; // a second output (a pool's Indices): not needed
+        }
+        let first = || self.static_dims(n.inputs.first()?);
+        match n.op.as_str() {
+            "Relu" | "LRN" | "Cast" | "Identity" | "Neg" => first(),
+            "Add" | "Sub" | "Mul" | "Div" => {
+                let (a, b) = (first()?, self.static_dims(n.inputs.get(1)?)?);
+                let rank = a.len().max(b.len());
+                let at = |d: &[i64], i: usize| (i + d.len() >= rank).then(|| d[i + d.len() - rank]);
+                (0..rank)
+                    .map(|i| match (at(&a, i).unwrap_or(1), at(&b, i).unwrap_or(1)) {
+                        (x, y) if x == y || y == 1 => Some(x),
+                        (1, y) => Some(y),
+                        _ => None,
+                    })
+                    .collect()
+            }
+            "Transpose" => {
+                let d = first()?;
+                let reversed: Vec<i64> = (0..d.len() as i64).rev().collect();
+                n.ints("perm", &reversed)
+                    .iter()
+                    .map(|&p| d.get(usize::try_from(p).ok()?).copied())
+                    .collect()
+            }
+            "Unsqueeze" => {
+                let mut d = first()?;
+                let axes = self.int_constant(n.inputs.get(1)?)?;
+                let rank = (d.len() + axes.len()) as i64;
+                let mut axes: Vec<i64> = axes
+                    .iter()
+                    .map(|&a| if a < 0 { a + rank } else { a })
+                    .collect();
+                axes.sort_unstable();
+                for a in axes {
+                    d.insert(usize::try_from(a).ok().filter(|&a| a <= d.len())?, 1);
+                }
+                Some(d)
+            }
+            "Conv" | "MaxPool" => {
+                let x = first()?;
+                let channels = if n.op == "Conv" {
+                    *self.static_dims(n.inputs.get(1)?)?.first()?
+                } else {
+                    *x.get(1)?
+                };
+                let spatial = x.len().checked_sub(2)?;
+                let kernel = match n.op.as_str() {
+                    "Conv" => self.static_dims(n.inputs.get(1)?)?.split_off(2),
+                    _ => n.ints("kernel_shape", &[]),
+                };
+                let ones = vec![1; spatial];
+                let (strides, dilations) = (n.ints("strides", &ones), n.ints("dilations", &ones));
+                let pads = n.ints("pads", &vec![0; 2 * spatial]);
+                let plain = n.int("ceil_mode", 0) == 0
+                    && n.attr("auto_pad")
+                        .is_none_or(|a| *a == Attr::Str("NOTSET".into()));
+                if !plain
+                    || [kernel.len(), strides.len(), dilations.len()] != [spatial; 3]
+                    || pads.len() != 2 * spatial
+                {
+                    return None;
+                }
+                let mut out = vec![x[0], channels];
+                for i in 0..spatial {
+                    let span = (kernel[i] - 1) * dilations[i] + 1;
+                    let padded = x[2 + i] + pads[i] + pads[i + spatial];
+                    if strides[i] <= 0 || padded < span {
+                        return None;
+                    }
+                    out.push((padded - span) / strides[i] + 1);
+                }
+                Some(out)
+            }
+            _ => None,
+        }
+    }
+
+    /// The values of an int64 constant.
+    fn int_constant(&self, name: &str) -> Option<&[i64]> {
+        match &self.initializers.iter().find(|i| i.name == name)?.data {
+            TensorData::I64(v) => Some(v),
+            TensorData::F32(_) => None,
+        }
+    }
+
     /// How many node inputs and graph outputs read `tensor`.
     pub fn uses(&self, tensor: &str) -> usize {
         let by_nodes: usize = self
@@ -485,6 +598,70 @@ fn value_info(v: &ValueInfo) -> onnx::ValueInfoProto {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn static_dims_follow_a_vgg_forward_pass_and_stop_at_symbolic_ones() {
+        let mut g = Graph::new("t");
+        let px = g.input("pixels", ElemType::U8, dims(&[2, 32, 32, 3]), "");
+        let shift = g.input("shift", ElemType::F32, dims(&[2, 3]), "");
+        let to = [("to", Attr::Int(ElemType::F32.onnx_code()))];
+        let f = g.op("Cast", &[&px], &to);
+        let nchw = g.op("Transpose", &[&f], &[("perm", vec![0i64, 3, 1, 2].into())]);
+        let axes = g.ints(&[2, -1]);
+        let s = g.op("Unsqueeze", &[&shift, &axes], &[]);
+        assert_eq!(g.static_dims(&s), Some(vec![2, 3, 1, 1]));
+        let x = g.op("Add", &[&nchw, &s], &[]);
+        assert_eq!(g.static_dims(&x), Some(vec![2, 3, 32, 32]));
+        let w = g.input("w", ElemType::F32, dims(&[8, 3, 5, 5]), "");
+        let conv = |g: &mut Graph, x: &str, pads: Vec<i64>| {
+            g.op(
+                "Conv",
+                &[x, &w],
+                &[
+                    ("kernel_shape", vec![5i64, 5].into()),
+                    ("pads", pads.into()),
+                ],
+            )
+        };
+        let same = conv(&mut g, &x, vec![2, 2, 2, 2]);
+        let valid = conv(&mut g, &x, vec![0, 1, 0, 1]);
+        assert_eq!(g.static_dims(&same), Some(vec![2, 8, 32, 32]));
+        assert_eq!(g.static_dims(&valid), Some(vec![2, 8, 28, 30]));
+        let r = g.op("Relu", &[&valid], &[]);
+        let two = vec![2i64, 2];
+        let pool = [
+            ("kernel_shape", two.clone().into()),
+            ("strides", two.into()),
+        ];
+        let p = g.op("MaxPool", &[&r], &pool);
+        assert_eq!(g.static_dims(&p), Some(vec![2, 8, 14, 15]));
+        let ceil = g.op(
+            "MaxPool",
+            &[&r],
+            &[pool[0].clone(), pool[1].clone(), ("ceil_mode", 1i64.into())],
+        );
+        assert_eq!(g.static_dims(&ceil), None, "ceil_mode is not followed");
+        let flat = g.op("Flatten", &[&p], &[]);
+        assert_eq!(g.static_dims(&flat), None, "an operator it does not know");
+        let b = g.input(
+            "b",
+            ElemType::F32,
+            vec!["batch".into(), 3.into(), 32.into(), 32.into()],
+            "",
+        );
+        let c = conv(&mut g, &b, vec![2, 2, 2, 2]);
+        assert_eq!(g.static_dims(&c), None, "a symbolic batch");
+        let wide = g.input("wide", ElemType::F32, dims(&[3, 1, 1]), "");
+        let bad = g.input("bad", ElemType::F32, dims(&[2, 1]), "");
+        let ok = g.op("Mul", &[&x, &wide], &[]);
+        assert_eq!(g.static_dims(&ok), Some(vec![2, 3, 32, 32]));
+        let clash = g.op("Mul", &[&x, &bad], &[]);
+        assert_eq!(g.static_dims(&clash), None, "shapes that do not broadcast");
+    }
+
+    fn dims(d: &[i64]) -> Vec<Dim> {
+        d.iter().map(|&v| Dim::Fixed(v)).collect()
+    }
 
     #[test]
     fn lowering_keeps_names_types_and_attributes() {
