@@ -321,15 +321,18 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
             let p = g.ints(&p);
             g.op("Pad", &[&xt, &p], &[])
         } else {
-            xt
+            xt.clone()
         };
         let (kh, kw) = (ks[0], ks[1]);
         let axes = g.ints(&spatial.map(|a| a as i64));
         let mut taps = Vec::new();
         for i in 0..kh {
             for j in 0..kw {
-                let shifted = if kh == 1 && kw == 1 {
-                    xp.clone()
+                // The offset whose window is X itself (the centre of a same-padded kernel)
+                // needs no slice.
+                let unshifted = [i, j, kh - 1 - i, kw - 1 - j] == pads[..];
+                let shifted = if unshifted {
+                    xt.clone()
                 } else {
                     let s = g.ints(&[i, j]);
                     let e = g.ints(&[end_before(kh - 1 - i), end_before(kw - 1 - j)]);
