@@ -214,28 +214,30 @@ fn conv3x3_padded() {
 /// same pads, no pads (flipped pads 2), and a 5x5 kernel.
 #[test]
 fn conv_input_gradient_on_large_planes_is_a_flipped_conv() {
-    for (what, c, side, k, pad) in [
-        ("same", 16, 64, 3, 1),
-        ("valid", 16, 66, 3, 0),
-        ("5x5", 8, 64, 5, 2),
+    // (name, channels, [H, W], [kh, kw], pads [h_begin, w_begin, h_end, w_end])
+    for (what, c, side, k, pads) in [
+        ("same", 16, [64, 60], [3, 3], [1, 1, 1, 1]),
+        ("valid", 16, [66, 64], [3, 3], [0, 0, 0, 0]),
+        ("5x5", 8, [64, 64], [5, 5], [2, 2, 2, 2]),
+        ("3x5, uneven pads", 16, [66, 64], [3, 5], [0, 2, 2, 1]),
     ] {
-        let out = side + 2 * pad - k + 1;
+        let out = [0, 1].map(|a| side[a] + pads[a] + pads[a + 2] - k[a] + 1);
         let inputs = [
-            T::random("x", &[1, c, side, side], 11, 0.0),
-            T::random("w", &[4, c, k, k], 12, 0.0),
+            T::random("x", &[2, c, side[0], side[1]], 11, 0.0),
+            T::random("w", &[4, c, k[0], k[1]], 12, 0.0),
         ];
         let bwd = check(
             what,
             &inputs,
             &["x", "w"],
-            &[1, 4, out, out],
+            &[2, 4, out[0], out[1]],
             |g, n| {
                 g.op(
                     "Conv",
                     &[&n[0], &n[1]],
                     &[
-                        ("kernel_shape", vec![k, k].into()),
-                        ("pads", vec![pad; 4].into()),
+                        ("kernel_shape", k.to_vec().into()),
+                        ("pads", pads.to_vec().into()),
                     ],
                 )
             },
@@ -253,6 +255,38 @@ fn conv_input_gradient_on_large_planes_is_a_flipped_conv() {
             0,
             "{what}: a wide plane: [C, N, H, W] taps"
         );
+    }
+}
+
+/// Uneven pads and a 3x5 kernel on small planes (ConvTranspose), with the weight gradient's
+/// taps in both layouts: [C, N, H, W] on a plane 17 wide, channels-last on one 9 wide.
+#[test]
+fn conv_uneven_pads_in_both_tap_layouts() {
+    for (what, width, flattens) in [("17 wide", 17, 0), ("9 wide", 9, 15)] {
+        let inputs = [
+            T::random("x", &[2, 3, 5, width], 13, 0.0),
+            T::random("w", &[4, 3, 3, 5], 14, 0.0),
+        ];
+        let bwd = check(
+            what,
+            &inputs,
+            &["x", "w"],
+            &[2, 4, 5, width - 1],
+            |g, n| {
+                g.op(
+                    "Conv",
+                    &[&n[0], &n[1]],
+                    &[
+                        ("kernel_shape", vec![3, 5].into()),
+                        ("pads", vec![0, 2, 2, 1].into()),
+                    ],
+                )
+            },
+            1e-2,
+            10,
+        );
+        assert_eq!(ops(&bwd, "ConvTranspose"), 1, "{what}");
+        assert_eq!(ops(&bwd, "Flatten"), flattens, "{what}");
     }
 }
 

@@ -289,10 +289,23 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
             "only stride 1, dilation 1, group 1 are differentiated",
         ));
     }
+    if pads.len() != 4 || pads.iter().any(|&p| p < 0) || ks.iter().any(|&k| k < 1) {
+        return Err(unsupported(
+            n,
+            "pads must be four values >= 0 and the kernel at least 1x1",
+        ));
+    }
+    if n.attrs
+        .iter()
+        .any(|(k, v)| k == "auto_pad" && *v != Attr::Str("NOTSET".into()))
+    {
+        return Err(unsupported(n, "auto_pad is not differentiated: give pads"));
+    }
     let (x, w) = (n.inputs[0].as_str(), n.inputs[1].as_str());
     let mut out: Grads = vec![None; n.inputs.len()];
     if need[0] {
-        out[0] = Some(conv_input_gradient(g, x, w, dy, &ks, &pads));
+        let y = n.outputs[0].as_str();
+        out[0] = Some(conv_input_gradient(g, y, w, dy, &ks, &pads));
     }
     if need[1] {
         let perm = ("perm", Attr::Ints(vec![1, 0, 2, 3]));
@@ -376,30 +389,35 @@ fn conv_rule(g: &mut Graph, n: &Node, dy: &str, need: &[bool]) -> Result<Grads, 
 /// plane costs more than the plane-by-plane one.
 const CHANNELS_LAST_TAPS_UP_TO_WIDTH: i64 = 16;
 
-/// From this size of ConvTranspose's column buffer (C * kh * kw * H * W floats per image) on,
-/// a convolution's input gradient is a Conv over the flipped kernel instead. ConvTranspose
-/// multiplies into that buffer and scatters it back (col2im), which runs out of cache on
-/// large planes: per layer, a Conv over the flipped kernel took 0.6-0.9x its time from about
-/// 2 MiB up (VGG-16's layers: 3.4-110 MiB) and 1.0-1.5x below 1.2 MiB (the small networks'
-/// layers, where the Conv's layout reorders cost what it saves).
+/// From this size of ConvTranspose's column buffer (C * kh * kw floats per position of dY,
+/// per image) on, a convolution's input gradient is a Conv over the flipped kernel instead.
+/// ConvTranspose multiplies the whole plane into that buffer and scatters it back (col2im),
+/// which runs out of cache on large planes. Per layer shape alone, one thread: the Conv took
+/// 0.87x at 2.25 MiB (D x 1/4's conv1_2) and 0.6-0.76x at 3.4-110 MiB (VGG-16's layers), but
+/// 0.97-1.5x at 1.1 MiB and below (the small networks' other layers).
 const FLIPPED_CONV_FROM_BYTES: i64 = 2 << 20;
 
 /// dL/dX of a stride-1 convolution: `ConvTranspose(dY, W)` with the forward pads, or, for a
 /// large enough input of known size, the same correlation as an ordinary Conv of dY with W's
-/// channel axes swapped and its window reversed (pads k - 1 - p), which ONNX Runtime runs
-/// with the blocked kernels of its forward convolutions.
+/// channel axes swapped and its window reversed (pads k - 1 - p), which ONNX Runtime runs as
+/// it runs a forward convolution, in tiles, without a column buffer of the whole plane.
 fn conv_input_gradient(
     g: &mut Graph,
-    x: &str,
+    y: &str,
     w: &str,
     dy: &str,
     ks: &[i64],
     pads: &[i64],
 ) -> String {
-    let column_bytes = g.static_dims(x).filter(|d| d.len() == 4).map(|d| {
-        d[1].saturating_mul(ks[0] * ks[1] * 4)
-            .saturating_mul(d[2])
-            .saturating_mul(d[3])
+    // C from W ([Cout, C, kh, kw]), the plane from Y (dY's shape).
+    let c = g.static_dims(w).and_then(|d| d.get(1).copied());
+    let plane = g
+        .static_dims(y)
+        .filter(|d| d.len() == 4)
+        .map(|d| d[2].saturating_mul(d[3]));
+    let column_bytes = c.zip(plane).map(|(c, plane)| {
+        c.saturating_mul(ks[0].saturating_mul(ks[1]).saturating_mul(4))
+            .saturating_mul(plane)
     });
     let flipped_pads: Vec<i64> = pads
         .iter()

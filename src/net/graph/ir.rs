@@ -8,7 +8,7 @@
 //! generated protobuf types with an explicit IR version and opset, which every ONNX Runtime from
 //! 1.17 on accepts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
@@ -271,11 +271,33 @@ impl Graph {
             .find(|n| n.outputs.iter().any(|o| o == tensor))
     }
 
-    /// The dimensions of `tensor` where they follow from fixed input and constant dimensions
-    /// through the operators of a VGG forward pass (Conv, MaxPool, Relu, LRN, Cast, Transpose,
-    /// Unsqueeze, broadcasting arithmetic), so a gradient rule can pick its form by size; `None`
-    /// where any dimension on the way is symbolic or an operator is not one of those.
+    /// The dimensions of `tensor` where they follow from fixed dimensions of graph inputs and
+    /// initializers through the operators of a VGG forward pass (Conv, MaxPool, Relu, LRN,
+    /// Cast, Identity, Neg, Transpose, Unsqueeze, broadcasting Add/Sub/Mul/Div), so a gradient
+    /// rule can pick its form by size; `None` where any dimension on the way is symbolic, an
+    /// operator is not one of those, or its attributes are out of the ordinary.
     pub fn static_dims(&self, tensor: &str) -> Option<Vec<i64>> {
+        self.dims_memo(tensor, &mut HashMap::new())
+    }
+
+    fn dims_memo(
+        &self,
+        tensor: &str,
+        memo: &mut HashMap<String, Option<Vec<i64>>>,
+    ) -> Option<Vec<i64>> {
+        if let Some(known) = memo.get(tensor) {
+            return known.clone();
+        }
+        let dims = self.dims_of(tensor, memo);
+        memo.insert(tensor.to_string(), dims.clone());
+        dims
+    }
+
+    fn dims_of(
+        &self,
+        tensor: &str,
+        memo: &mut HashMap<String, Option<Vec<i64>>>,
+    ) -> Option<Vec<i64>> {
         if let Some(i) = self.initializers.iter().find(|i| i.name == tensor) {
             return Some(i.dims.clone());
         }
@@ -293,11 +315,11 @@ impl Graph {
         if n.outputs.first().map(|o| o.as_str()) != Some(tensor) {
             return None; // a second output (a pool's Indices): not needed
         }
-        let first = || self.static_dims(n.inputs.first()?);
+        let mut input = |k: usize| self.dims_memo(n.inputs.get(k)?, memo);
         match n.op.as_str() {
-            "Relu" | "LRN" | "Cast" | "Identity" | "Neg" => first(),
+            "Relu" | "LRN" | "Cast" | "Identity" | "Neg" => input(0),
             "Add" | "Sub" | "Mul" | "Div" => {
-                let (a, b) = (first()?, self.static_dims(n.inputs.get(1)?)?);
+                let (a, b) = (input(0)?, input(1)?);
                 let rank = a.len().max(b.len());
                 let at = |d: &[i64], i: usize| (i + d.len() >= rank).then(|| d[i + d.len() - rank]);
                 (0..rank)
@@ -309,15 +331,18 @@ impl Graph {
                     .collect()
             }
             "Transpose" => {
-                let d = first()?;
+                let d = input(0)?;
                 let reversed: Vec<i64> = (0..d.len() as i64).rev().collect();
-                n.ints("perm", &reversed)
-                    .iter()
-                    .map(|&p| d.get(usize::try_from(p).ok()?).copied())
-                    .collect()
+                let perm = n.ints("perm", &reversed);
+                let mut sorted = perm.clone();
+                sorted.sort_unstable();
+                if sorted != (0..d.len() as i64).collect::<Vec<_>>() {
+                    return None;
+                }
+                Some(perm.iter().map(|&p| d[p as usize]).collect())
             }
             "Unsqueeze" => {
-                let mut d = first()?;
+                let mut d = input(0)?;
                 let axes = self.int_constant(n.inputs.get(1)?)?;
                 let rank = (d.len() + axes.len()) as i64;
                 let mut axes: Vec<i64> = axes
@@ -325,22 +350,23 @@ impl Graph {
                     .map(|&a| if a < 0 { a + rank } else { a })
                     .collect();
                 axes.sort_unstable();
+                axes.dedup();
+                if axes.len() as i64 + d.len() as i64 != rank {
+                    return None;
+                }
                 for a in axes {
                     d.insert(usize::try_from(a).ok().filter(|&a| a <= d.len())?, 1);
                 }
                 Some(d)
             }
             "Conv" | "MaxPool" => {
-                let x = first()?;
-                let channels = if n.op == "Conv" {
-                    *self.static_dims(n.inputs.get(1)?)?.first()?
-                } else {
-                    *x.get(1)?
-                };
+                let x = input(0)?;
                 let spatial = x.len().checked_sub(2)?;
-                let kernel = match n.op.as_str() {
-                    "Conv" => self.static_dims(n.inputs.get(1)?)?.split_off(2),
-                    _ => n.ints("kernel_shape", &[]),
+                let (channels, kernel) = if n.op == "Conv" {
+                    let w = input(1)?;
+                    (*w.first()?, w.get(2..)?.to_vec())
+                } else {
+                    (*x.get(1)?, n.ints("kernel_shape", &[]))
                 };
                 let ones = vec![1; spatial];
                 let (strides, dilations) = (n.ints("strides", &ones), n.ints("dilations", &ones));
@@ -356,9 +382,14 @@ impl Graph {
                 }
                 let mut out = vec![x[0], channels];
                 for i in 0..spatial {
-                    let span = (kernel[i] - 1) * dilations[i] + 1;
-                    let padded = x[2 + i] + pads[i] + pads[i + spatial];
-                    if strides[i] <= 0 || padded < span {
+                    if kernel[i] < 1 || dilations[i] < 1 || strides[i] < 1 {
+                        return None;
+                    }
+                    let span = (kernel[i] - 1).checked_mul(dilations[i])?.checked_add(1)?;
+                    let padded = x[2 + i]
+                        .checked_add(pads[i])?
+                        .checked_add(pads[i + spatial])?;
+                    if padded < span {
                         return None;
                     }
                     out.push((padded - span) / strides[i] + 1);

@@ -595,6 +595,45 @@ mod tests {
     use super::*;
     use crate::config::model::torchvision_name;
 
+    /// The convolution gradients' size-dependent forms are chosen in the step graphs: VGG-16 at
+    /// 224 px takes the flipped-kernel Conv for every input gradient and channels-last taps on
+    /// block 5's 14x14 planes, with the image as float32 or uint8; a small network at 64 px
+    /// keeps ConvTranspose and takes channels-last taps on its planes of 16 and below.
+    #[test]
+    fn step_graphs_pick_the_gradient_forms_by_layer_size() {
+        let count = |g: &Graph, op: &str, perm: Option<&[i64]>| {
+            g.nodes
+                .iter()
+                .filter(|n| n.op == op && n.name.starts_with("backward/"))
+                .filter(|n| perm.is_none_or(|p| n.ints("perm", &[]) == p))
+                .count()
+        };
+        let channels_last = Some(&[0i64, 2, 3, 1][..]);
+        let d = VggConfig::paper("D").unwrap();
+        for input in [InputForm::F32Nchw, InputForm::U8Nhwc] {
+            let opts = StepOptions {
+                batch: 4,
+                input,
+                ..Default::default()
+            };
+            let g = train_step_graph(&d, &opts).unwrap();
+            assert_eq!(count(&g, "ConvTranspose", None), 0, "{input:?}");
+            assert_eq!(count(&g, "Conv", None), 12, "{input:?}: all but conv1_1");
+            assert_eq!(count(&g, "Transpose", channels_last), 3, "{input:?}");
+        }
+        let table: toml::Table =
+            toml::from_str("config = \"A\"\nwidth = 0.125\nclasses = 10\ninput = 64").unwrap();
+        let small = VggConfig::from_table(&table).unwrap();
+        let opts = StepOptions {
+            batch: 32,
+            ..Default::default()
+        };
+        let g = train_step_graph(&small, &opts).unwrap();
+        assert_eq!(count(&g, "ConvTranspose", None), 7);
+        // conv3_1 .. conv5_2 (16, 8 and 4 wide), not conv1_1 (64) or conv2_1 (32).
+        assert_eq!(count(&g, "Transpose", channels_last), 6);
+    }
+
     #[test]
     fn parameter_layout_matches_the_summary() {
         for name in crate::config::model::PAPER_CONFIGS {
